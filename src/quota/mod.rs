@@ -1,0 +1,1 @@
+//! Quota tracking from rate-limit response headers.
