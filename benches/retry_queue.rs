@@ -1,1 +1,3 @@
+//! Criterion benchmarks of the retry queue.
+
 fn main() {}

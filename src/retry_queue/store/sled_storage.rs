@@ -1,0 +1,214 @@
+//! [`Storage`] on sled 0.34.
+
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Db, Transactional, Tree};
+
+use super::{Loaded, Storage};
+use crate::retry_queue::error::QueueError;
+use crate::BoxError;
+
+/// A sled database with one tree per keyspace. Keys are big-endian `u64`s, so sled's byte order is
+/// numeric order.
+#[derive(Debug)]
+pub(crate) struct SledStorage {
+    db: Db,
+    ready: Tree,
+    in_flight: Tree,
+    dead: Tree,
+}
+
+impl SledStorage {
+    /// Opens or creates the database in `path`, creating the directory with mode 0700.
+    pub(crate) fn open(path: &Path, cache_capacity: u64) -> Result<Self, QueueError> {
+        create_private_dir(path).map_err(|source| QueueError::Open {
+            path: path.to_path_buf(),
+            source: source.into(),
+        })?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity)
+            .open()
+            .map_err(|error| open_error(path, error))?;
+        let open_tree = |name: &str| {
+            db.open_tree(name).map_err(|error| QueueError::Open {
+                path: path.to_path_buf(),
+                source: error.into(),
+            })
+        };
+        Ok(Self {
+            ready: open_tree("ready")?,
+            in_flight: open_tree("in_flight")?,
+            dead: open_tree("dead")?,
+            db,
+        })
+    }
+}
+
+/// Maps a sled open error, recognizing the lock failure of a database that is already open.
+fn open_error(path: &Path, error: sled::Error) -> QueueError {
+    // NOTE: sled 0.34 reports a held file lock only as an `Io` error whose message starts with
+    // "could not acquire lock", so the message is the only way to recognize it.
+    if let sled::Error::Io(io) = &error {
+        if io.to_string().contains("could not acquire lock") {
+            return QueueError::AlreadyOpen {
+                path: path.to_path_buf(),
+            };
+        }
+    }
+    QueueError::Open {
+        path: path.to_path_buf(),
+        source: error.into(),
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)
+}
+
+fn key_bytes(key: u64) -> [u8; 8] {
+    key.to_be_bytes()
+}
+
+fn key_from(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn last_key(tree: &Tree) -> Result<Option<u64>, sled::Error> {
+    Ok(tree.last()?.and_then(|(key, _)| key_from(&key)))
+}
+
+fn flatten(error: TransactionError<()>) -> BoxError {
+    match error {
+        TransactionError::Abort(()) => "sled transaction aborted".into(),
+        TransactionError::Storage(error) => error.into(),
+    }
+}
+
+impl Storage for SledStorage {
+    fn load(&self, visit: &mut dyn FnMut(u64, &[u8])) -> Result<Loaded, BoxError> {
+        let mut loaded = Loaded::default();
+        // A crash between the two steps leaves the record in both trees under one key, which the
+        // next load resolves the same way.
+        for entry in self.in_flight.iter() {
+            let (key, value) = entry?;
+            self.ready.insert(&key, value)?;
+            self.in_flight.remove(&key)?;
+            loaded.restored += 1;
+        }
+        for entry in self.ready.iter() {
+            let (key, value) = entry?;
+            match key_from(&key) {
+                Some(key) => visit(key, &value),
+                None => tracing::warn!(
+                    key_len = key.len(),
+                    "ignoring ready record with an invalid key"
+                ),
+            }
+        }
+        loaded.dead = self.dead.len();
+        loaded.max_key = [
+            last_key(&self.ready)?,
+            last_key(&self.in_flight)?,
+            last_key(&self.dead)?,
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        Ok(loaded)
+    }
+
+    fn insert_ready(&self, key: u64, record: &[u8]) -> Result<(), BoxError> {
+        self.ready.insert(key_bytes(key), record)?;
+        Ok(())
+    }
+
+    fn remove_ready(&self, key: u64) -> Result<(), BoxError> {
+        self.ready.remove(key_bytes(key))?;
+        Ok(())
+    }
+
+    fn get_ready(&self, key: u64) -> Result<Option<Vec<u8>>, BoxError> {
+        Ok(self
+            .ready
+            .get(key_bytes(key))?
+            .map(|record| record.to_vec()))
+    }
+
+    fn lease(&self, key: u64) -> Result<Option<Vec<u8>>, BoxError> {
+        let key = key_bytes(key);
+        let Some(record) = self.ready.get(key)? else {
+            return Ok(None);
+        };
+        // Insert first: a crash in between leaves the record in both trees under one key, and load
+        // moves it back to ready exactly once.
+        self.in_flight.insert(key, record.clone())?;
+        self.ready.remove(key)?;
+        Ok(Some(record.to_vec()))
+    }
+
+    fn get_in_flight(&self, key: u64) -> Result<Option<Vec<u8>>, BoxError> {
+        Ok(self
+            .in_flight
+            .get(key_bytes(key))?
+            .map(|record| record.to_vec()))
+    }
+
+    fn remove_in_flight(&self, key: u64) -> Result<(), BoxError> {
+        self.in_flight.remove(key_bytes(key))?;
+        Ok(())
+    }
+
+    fn requeue(&self, old_key: u64, new_key: u64, record: &[u8]) -> Result<(), BoxError> {
+        (&self.ready, &self.in_flight)
+            .transaction(|(ready, in_flight)| {
+                in_flight.remove(&key_bytes(old_key))?;
+                ready.insert(&key_bytes(new_key), record)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(flatten)
+    }
+
+    fn dead_letter_in_flight(&self, key: u64, record: &[u8]) -> Result<(), BoxError> {
+        (&self.dead, &self.in_flight)
+            .transaction(|(dead, in_flight)| {
+                in_flight.remove(&key_bytes(key))?;
+                dead.insert(&key_bytes(key), record)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(flatten)
+    }
+
+    fn dead_letter_ready(&self, key: u64) -> Result<(), BoxError> {
+        let key = key_bytes(key);
+        if let Some(record) = self.ready.get(key)? {
+            self.dead.insert(key, record)?;
+            self.ready.remove(key)?;
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&self) -> Result<Vec<Vec<u8>>, BoxError> {
+        self.dead
+            .iter()
+            .values()
+            .map(|value| Ok(value?.to_vec()))
+            .collect()
+    }
+
+    fn flush(&self) -> Result<(), BoxError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}

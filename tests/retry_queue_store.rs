@@ -1,0 +1,316 @@
+//! Store behaviour of `RetryQueue` on a real sled directory.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tower_quota_queue::clock;
+use tower_quota_queue::retry_queue::{
+    NackOutcome, Overflow, QueueErrorKind, QueuedRequest, RetryQueue, RetryQueueConfig,
+};
+use uuid::Uuid;
+
+fn config(dir: &tempfile::TempDir) -> RetryQueueConfig {
+    RetryQueueConfig::new().path(dir.path().join("queue"))
+}
+
+fn item(path: &str) -> QueuedRequest {
+    let request = http::Request::post(format!("http://127.0.0.1:9/{path}"))
+        .body(Bytes::from(path.to_owned()))
+        .unwrap();
+    QueuedRequest::new(request, "connection refused")
+}
+
+async fn take_id(queue: &RetryQueue) -> Option<Uuid> {
+    queue.take().await.unwrap().map(|item| item.id())
+}
+
+#[tokio::test]
+async fn take_returns_items_in_fifo_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(queue.enqueue(item(&format!("r{n}"))).await.unwrap());
+    }
+    assert_eq!(queue.len(), 5);
+    for &expected in &ids {
+        let taken = queue.take().await.unwrap().unwrap();
+        assert_eq!(taken.id(), expected);
+        queue.ack(expected).await.unwrap();
+    }
+    assert_eq!(take_id(&queue).await, None);
+    assert!(queue.is_empty());
+}
+
+#[tokio::test]
+async fn item_fields_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_before = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    let enqueued_at = clock::now() - Duration::from_secs(60);
+    let id = {
+        let queue = RetryQueue::open(config(&dir)).unwrap();
+        let request = http::Request::patch("http://127.0.0.1:9/v1/things/7?x=y")
+            .header("content-type", "application/json")
+            .body(Bytes::from_static(b"{\"a\":1}"))
+            .unwrap();
+        let queued = QueuedRequest::new(request, "HTTP 503")
+            .with_partition("tenant-a")
+            .with_not_before(Some(not_before))
+            .with_enqueued_at(enqueued_at);
+        queue.enqueue(queued).await.unwrap()
+    };
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    let taken = queue.take().await.unwrap().unwrap();
+    assert_eq!(taken.id(), id);
+    assert_eq!(taken.method(), http::Method::PATCH);
+    assert_eq!(taken.uri(), "http://127.0.0.1:9/v1/things/7?x=y");
+    assert_eq!(taken.headers()["content-type"], "application/json");
+    assert_eq!(taken.headers()["idempotency-key"], id.to_string().as_str());
+    assert_eq!(taken.body(), &Bytes::from_static(b"{\"a\":1}"));
+    assert_eq!(taken.enqueued_at(), enqueued_at);
+    assert_eq!(taken.original_error(), "HTTP 503");
+    assert_eq!(taken.attempts(), 0);
+    assert_eq!(taken.last_error(), None);
+    assert_eq!(taken.not_before(), Some(not_before));
+    assert_eq!(taken.partition(), "tenant-a");
+}
+
+#[tokio::test]
+async fn nack_moves_item_to_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    let first = queue.enqueue(item("a")).await.unwrap();
+    let second = queue.enqueue(item("b")).await.unwrap();
+
+    assert_eq!(take_id(&queue).await, Some(first));
+    let outcome = queue.nack(first, "HTTP 502", None).await.unwrap();
+    assert_eq!(outcome, NackOutcome::Requeued);
+
+    assert_eq!(take_id(&queue).await, Some(second));
+    let again = queue.take().await.unwrap().unwrap();
+    assert_eq!(again.id(), first);
+    assert_eq!(again.attempts(), 1);
+    assert_eq!(again.last_error(), Some("HTTP 502"));
+}
+
+#[tokio::test]
+async fn nack_dead_letters_after_max_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir).max_attempts(2)).unwrap();
+    let id = queue.enqueue(item("poison")).await.unwrap();
+
+    queue.take().await.unwrap().unwrap();
+    assert_eq!(
+        queue.nack(id, "e1", None).await.unwrap(),
+        NackOutcome::Requeued
+    );
+    queue.take().await.unwrap().unwrap();
+    assert_eq!(
+        queue.nack(id, "e2", None).await.unwrap(),
+        NackOutcome::DeadLettered
+    );
+
+    assert!(queue.is_empty());
+    assert_eq!(queue.stats().dead, 1);
+    let dead = queue.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id(), id);
+    assert_eq!(dead[0].attempts(), 2);
+    assert_eq!(dead[0].last_error(), Some("e2"));
+}
+
+#[tokio::test]
+async fn in_flight_items_ready_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    {
+        let queue = RetryQueue::open(config(&dir)).unwrap();
+        for n in 0..4 {
+            ids.push(queue.enqueue(item(&format!("r{n}"))).await.unwrap());
+        }
+        assert_eq!(take_id(&queue).await, Some(ids[0]));
+        assert_eq!(take_id(&queue).await, Some(ids[1]));
+        assert_eq!(queue.stats().in_flight, 2);
+    }
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    assert_eq!(queue.stats().in_flight, 0);
+    assert_eq!(queue.stats().pending, 4);
+    for &expected in &ids {
+        assert_eq!(take_id(&queue).await, Some(expected));
+    }
+}
+
+#[tokio::test]
+async fn drop_oldest_evicts_oldest_ready_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir).max_size(3)).unwrap();
+    let a = queue.enqueue(item("a")).await.unwrap();
+    let b = queue.enqueue(item("b")).await.unwrap();
+    let c = queue.enqueue(item("c")).await.unwrap();
+    // `a` is in flight, so the oldest ready item is `b`.
+    assert_eq!(take_id(&queue).await, Some(a));
+    let d = queue.enqueue(item("d")).await.unwrap();
+    assert_eq!(queue.len(), 3);
+    assert_eq!(take_id(&queue).await, Some(c));
+    assert_eq!(take_id(&queue).await, Some(d));
+    assert_eq!(take_id(&queue).await, None);
+    assert_ne!(b, d);
+}
+
+#[tokio::test]
+async fn drop_oldest_full_of_in_flight_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir).max_size(1)).unwrap();
+    queue.enqueue(item("a")).await.unwrap();
+    queue.take().await.unwrap().unwrap();
+    let error = queue.enqueue(item("b")).await.unwrap_err();
+    assert_eq!(error.kind(), QueueErrorKind::Full);
+}
+
+#[tokio::test]
+async fn reject_new_returns_full_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir).max_size(2).overflow(Overflow::RejectNew)).unwrap();
+    let a = queue.enqueue(item("a")).await.unwrap();
+    queue.enqueue(item("b")).await.unwrap();
+    let error = queue.enqueue(item("c")).await.unwrap_err();
+    assert_eq!(error.kind(), QueueErrorKind::Full);
+    assert_eq!(queue.len(), 2);
+    assert_eq!(take_id(&queue).await, Some(a));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_counts_from_persisted_enqueue_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(3600);
+    {
+        let queue = RetryQueue::open(config(&dir).item_ttl(ttl)).unwrap();
+        queue.enqueue(item("old")).await.unwrap();
+        tokio::time::advance(Duration::from_secs(1800)).await;
+        queue.enqueue(item("young")).await.unwrap();
+    }
+    tokio::time::advance(Duration::from_secs(1801)).await;
+    let queue = RetryQueue::open(config(&dir).item_ttl(ttl)).unwrap();
+    assert_eq!(queue.len(), 2);
+    assert_eq!(queue.purge_stale().unwrap(), 1);
+    assert_eq!(queue.len(), 1);
+    let young = queue.take().await.unwrap().unwrap();
+    assert_eq!(young.uri().path(), "/young");
+}
+
+#[tokio::test(start_paused = true)]
+async fn take_skips_and_removes_stale_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir).item_ttl(Duration::from_secs(60))).unwrap();
+    let old = item("old").with_enqueued_at(clock::now() - Duration::from_secs(61));
+    queue.enqueue(old).await.unwrap();
+    let fresh = queue.enqueue(item("fresh")).await.unwrap();
+    assert_eq!(take_id(&queue).await, Some(fresh));
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue.stats().pending, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn take_waits_for_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    let later = clock::now() + Duration::from_secs(30);
+    let delayed = queue
+        .enqueue(item("delayed").with_not_before(Some(later)))
+        .await
+        .unwrap();
+    assert_eq!(take_id(&queue).await, None);
+    assert_eq!(queue.next_ready_at(), Some(later));
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(take_id(&queue).await, Some(delayed));
+}
+
+#[tokio::test]
+async fn take_where_skips_rejected_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    let blocked = queue
+        .enqueue(item("a").with_partition("blocked"))
+        .await
+        .unwrap();
+    let open = queue
+        .enqueue(item("b").with_partition("open"))
+        .await
+        .unwrap();
+    let taken = queue
+        .take_where(|item| item.partition() != "blocked")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.id(), open);
+    assert_eq!(take_id(&queue).await, Some(blocked));
+}
+
+#[tokio::test]
+async fn duplicate_id_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    let id = Uuid::new_v4();
+    queue.enqueue(item("a").with_id(id)).await.unwrap();
+    let error = queue.enqueue(item("b").with_id(id)).await.unwrap_err();
+    assert_eq!(error.kind(), QueueErrorKind::DuplicateId);
+}
+
+#[tokio::test]
+async fn ack_unknown_id_is_not_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    let id = queue.enqueue(item("a")).await.unwrap();
+    assert_eq!(
+        queue.ack(id).await.unwrap_err().kind(),
+        QueueErrorKind::NotInFlight
+    );
+    let nack = queue.nack(id, "x", None).await.unwrap_err();
+    assert_eq!(nack.kind(), QueueErrorKind::NotInFlight);
+}
+
+#[tokio::test]
+async fn second_open_reports_already_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let _queue = RetryQueue::open(config(&dir)).unwrap();
+    let error = RetryQueue::open(config(&dir)).unwrap_err();
+    assert_eq!(error.kind(), QueueErrorKind::AlreadyOpen);
+    assert!(error.to_string().contains("already open"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_enqueue_64_concurrent_producers() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    let mut tasks = Vec::new();
+    for producer in 0..64 {
+        let queue = queue.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..20 {
+                ids.push(
+                    queue
+                        .enqueue(item(&format!("p{producer}-{n}")))
+                        .await
+                        .unwrap(),
+                );
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1280);
+    assert_eq!(queue.len(), 1280);
+    drop(queue);
+
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    let mut found = std::collections::HashSet::new();
+    while let Some(item) = queue.take().await.unwrap() {
+        assert!(found.insert(item.id()), "id {} taken twice", item.id());
+    }
+    let expected: std::collections::HashSet<Uuid> = ids.into_iter().collect();
+    assert_eq!(found, expected);
+}
