@@ -1,0 +1,148 @@
+//! The client side: the middleware stack and a sender with bounded concurrency.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceExt};
+use tower_quota_queue::BoxError;
+
+/// What happened to a request on its first attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum FirstAttempt {
+    /// The server answered 200.
+    Succeeded,
+    /// The request failed and the retry queue stored it.
+    Queued,
+    /// The request failed and was not stored; the message says why.
+    NotQueued(String),
+}
+
+/// Builds the `authorization` header value, marked sensitive so that logs and the queue skip it.
+pub(crate) fn bearer_token(api_key: &str) -> Result<HeaderValue, BoxError> {
+    let mut value = HeaderValue::try_from(format!("Bearer {api_key}"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Adds credentials to every request that passes, including replays from the queue.
+pub(crate) fn add_credentials(
+    token: HeaderValue,
+) -> impl Fn(Request<Full<Bytes>>) -> Request<Full<Bytes>> + Clone {
+    move |mut request| {
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, token.clone());
+        request
+    }
+}
+
+/// Returns the client-generated id of request number `index`.
+pub(crate) fn request_id(index: usize) -> String {
+    format!("req-{index:05}")
+}
+
+/// Builds one JSON chat completion request that carries its id in `metadata.request_id`.
+pub(crate) fn chat_request(endpoint: &str, index: usize) -> Result<Request<Full<Bytes>>, BoxError> {
+    let body = serde_json::json!({
+        "model": "demo-chat-1",
+        "messages": [{
+            "role": "user",
+            "content": format!("Summarize ticket {index} in one sentence."),
+        }],
+        "max_tokens": 64,
+        "metadata": {"request_id": request_id(index)},
+    });
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(endpoint)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))?;
+    Ok(request)
+}
+
+/// Sends `count` chat requests through `service` with at most `concurrency` in flight.
+///
+/// Returns the outcome of each first attempt, indexed by request number.
+pub(crate) async fn send_all<S, B>(
+    service: S,
+    endpoint: &str,
+    count: usize,
+    concurrency: usize,
+) -> Vec<FirstAttempt>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError> + Send,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let outcomes = Arc::new(Mutex::new(vec![
+        FirstAttempt::NotQueued("not sent".to_owned());
+        count
+    ]));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let service = service.clone();
+        let endpoint = endpoint.to_owned();
+        let next = Arc::clone(&next);
+        let outcomes = Arc::clone(&outcomes);
+        senders.spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    break;
+                }
+                let outcome = send_one(service.clone(), &endpoint, index).await;
+                if let Ok(mut outcomes) = outcomes.lock() {
+                    outcomes[index] = outcome;
+                }
+            }
+        });
+    }
+    while senders.join_next().await.is_some() {}
+    let outcomes = outcomes.lock().map(|outcomes| outcomes.clone());
+    outcomes.unwrap_or_default()
+}
+
+async fn send_one<S, B>(service: S, endpoint: &str, index: usize) -> FirstAttempt
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    let request = match chat_request(endpoint, index) {
+        Ok(request) => request,
+        Err(error) => return FirstAttempt::NotQueued(error.to_string()),
+    };
+    match service.oneshot(request).await {
+        Ok(response) => classify_response(response).await,
+        Err(error) => classify_error(error.into()),
+    }
+}
+
+async fn classify_response<B>(response: Response<B>) -> FirstAttempt
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    let status = response.status();
+    // Read the body to the end so that the connection returns to the pool.
+    let body = response.into_body().collect().await;
+    match (status, body) {
+        (StatusCode::OK, Ok(_)) => FirstAttempt::Succeeded,
+        (StatusCode::OK, Err(error)) => {
+            FirstAttempt::NotQueued(format!("reading the body failed: {}", error.into()))
+        }
+        (status, _) => FirstAttempt::NotQueued(format!("status {status}")),
+    }
+}
+
+fn classify_error(error: BoxError) -> FirstAttempt {
+    FirstAttempt::NotQueued(error.to_string())
+}

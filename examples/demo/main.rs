@@ -1,0 +1,135 @@
+//! Runs a fake rate-limited LLM API on loopback and sends chat requests to it through
+//! `RetryQueueLayer` and `QuotaLayer`, then replays what the outage left in the queue.
+//!
+//! ```sh
+//! cargo run --example demo -- --help
+//! ```
+
+mod client;
+mod dialect;
+mod scenario;
+mod server;
+mod summary;
+mod warnings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+use crate::dialect::Dialect;
+use crate::scenario::DemoConfig;
+use crate::server::{OutageMode, ServerConfig};
+use crate::warnings::QuotaWarningCounter;
+
+/// Demo of tower-quota-queue against a fake rate-limited LLM API on 127.0.0.1.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Number of chat completion requests to send.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// Maximum number of requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Number of arriving requests that meet the server's outage.
+    #[arg(long, default_value_t = 40)]
+    outage: u64,
+    /// Arrival number (starting at 1) of the first request that meets the outage.
+    #[arg(long, default_value_t = 60)]
+    outage_start: u64,
+    /// How the server fails during the outage.
+    #[arg(long, value_enum, default_value_t = OutageMode::Mixed)]
+    outage_mode: OutageMode,
+    /// Format of the quota headers the server sends.
+    #[arg(long, value_enum, default_value_t = Dialect::Openai)]
+    dialect: Dialect,
+    /// Requests the server allows per quota window.
+    #[arg(long, default_value_t = 150)]
+    request_limit: u64,
+    /// Input tokens the server allows per quota window; output tokens get a quarter of this.
+    #[arg(long, default_value_t = 40_000)]
+    token_limit: u64,
+    /// Length of the server's quota window, for example `5s` or `1m`.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    window: Duration,
+    /// Directory of the retry queue [default: a fresh temporary directory].
+    #[arg(long)]
+    queue_dir: Option<PathBuf>,
+    /// Keep the queue directory after the run for inspection.
+    #[arg(long)]
+    keep: bool,
+    /// Maximum time the replay may take before the demo reports what is still queued.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    replay_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let warnings = QuotaWarningCounter::default();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_target(true))
+        .with(warnings.clone())
+        .init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the tokio runtime failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, &warnings)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the demo and prints its summary; returns whether nothing was lost.
+async fn run(args: Args, warnings: &QuotaWarningCounter) -> Result<bool, tower_quota_queue::BoxError> {
+    // A temporary directory is removed when dropped unless `--keep` asks to keep it.
+    let temp_dir = match &args.queue_dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("demo-queue-").tempdir()?),
+    };
+    let queue_dir = match (&args.queue_dir, &temp_dir) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(temp)) => temp.path().join("queue"),
+        (None, None) => unreachable!("a temporary directory exists when no directory was given"),
+    };
+    tracing::info!(queue_dir = %queue_dir.display(), "retry queue directory");
+    let config = DemoConfig {
+        requests: args.requests,
+        concurrency: args.concurrency,
+        server: ServerConfig {
+            dialect: args.dialect,
+            request_limit: args.request_limit,
+            input_token_limit: args.token_limit,
+            window: args.window,
+            outage_start: args.outage_start,
+            outage_requests: args.outage,
+            outage_mode: args.outage_mode,
+            api_key: format!("sk-demo-{}", uuid::Uuid::new_v4().simple()),
+        },
+        queue_dir,
+        replay_timeout: args.replay_timeout,
+    };
+    let mut summary = scenario::run(&config, warnings).await?;
+    summary.queue_dir_kept = args.keep || args.queue_dir.is_some();
+    if args.keep {
+        if let Some(temp) = temp_dir {
+            let _kept = temp.keep();
+        }
+    }
+    println!("{summary}");
+    Ok(!summary.failed())
+}

@@ -1,0 +1,347 @@
+//! A fake rate-limited LLM API on loopback: quota headers, 429s, an outage and a ledger of ids.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use crate::dialect::{self, Dialect, QuotaState, Window};
+
+/// How the server fails during its outage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OutageMode {
+    /// Answer `503 Service Unavailable`.
+    Unavailable,
+    /// Close the connection without a response.
+    Drop,
+    /// Alternate between the two, starting with 503.
+    Mixed,
+}
+
+/// The fake server's limits and failure schedule.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerConfig {
+    pub(crate) dialect: Dialect,
+    /// Requests allowed per window.
+    pub(crate) request_limit: u64,
+    /// Input tokens allowed per window. Output tokens get a quarter of this.
+    pub(crate) input_token_limit: u64,
+    /// The length of one quota window; all dimensions reset together.
+    pub(crate) window: Duration,
+    /// The arrival number (starting at 1) of the first request that meets the outage.
+    pub(crate) outage_start: u64,
+    /// How many arriving requests fail during the outage.
+    pub(crate) outage_requests: u64,
+    pub(crate) outage_mode: OutageMode,
+    /// The bearer token that every request must carry.
+    pub(crate) api_key: String,
+}
+
+/// Counters that the server keeps about what it answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ServerStats {
+    /// Requests that arrived, including those that met the outage.
+    pub(crate) received: u64,
+    pub(crate) ok: u64,
+    pub(crate) rate_limited: u64,
+    pub(crate) unavailable: u64,
+    pub(crate) dropped: u64,
+    pub(crate) unauthorized: u64,
+    pub(crate) bad_requests: u64,
+}
+
+/// A running fake server. Dropping it stops accepting connections.
+#[derive(Debug)]
+pub(crate) struct FakeLlmServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept_task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ServerConfig,
+    arrivals: AtomicU64,
+    state: Mutex<Accounting>,
+}
+
+#[derive(Debug)]
+struct Accounting {
+    window_started: Instant,
+    requests_used: u64,
+    input_tokens_used: u64,
+    output_tokens_used: u64,
+    stats: ServerStats,
+    /// How many times each request id was answered with 200.
+    answered: HashMap<String, u32>,
+}
+
+impl FakeLlmServer {
+    /// Binds `127.0.0.1:0` and serves `POST /v1/chat/completions` until dropped.
+    pub(crate) async fn start(config: ServerConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config,
+            arrivals: AtomicU64::new(0),
+            state: Mutex::new(Accounting {
+                window_started: Instant::now(),
+                requests_used: 0,
+                input_tokens_used: 0,
+                output_tokens_used: 0,
+                stats: ServerStats::default(),
+                answered: HashMap::new(),
+            }),
+        });
+        let router = Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .with_state(Arc::clone(&shared));
+        let accept_task = tokio::spawn(accept_loop(listener, router, Arc::clone(&shared)));
+        Ok(Self {
+            addr,
+            shared,
+            accept_task,
+        })
+    }
+
+    /// Returns the URL of the chat completions endpoint.
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://{}/v1/chat/completions", self.addr)
+    }
+
+    pub(crate) fn stats(&self) -> ServerStats {
+        self.shared.lock().stats.clone()
+    }
+
+    /// Returns how many times each request id was answered with 200.
+    pub(crate) fn answered(&self) -> HashMap<String, u32> {
+        self.shared.lock().answered.clone()
+    }
+}
+
+impl Drop for FakeLlmServer {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Accounting> {
+        // A poisoned lock only means a handler panicked; the counters are still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Returns how the request with this arrival number meets the outage, if it does.
+    fn outage_action(&self, arrival: u64) -> Option<OutageMode> {
+        let config = &self.config;
+        let offset = arrival.checked_sub(config.outage_start)?;
+        if offset >= config.outage_requests {
+            return None;
+        }
+        match config.outage_mode {
+            OutageMode::Mixed if offset % 2 == 0 => Some(OutageMode::Unavailable),
+            OutageMode::Mixed => Some(OutageMode::Drop),
+            mode => Some(mode),
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, router: Router, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else {
+            continue;
+        };
+        let router = router.clone();
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                handle_connection_request(request, router.clone(), Arc::clone(&shared))
+            });
+            // A connection error is expected here: the outage drops connections on purpose.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Applies the outage schedule, then hands the request to the router.
+///
+/// Returning an error makes hyper close the connection without writing a response.
+async fn handle_connection_request(
+    request: http::Request<Incoming>,
+    router: Router,
+    shared: Arc<Shared>,
+) -> Result<Response, std::io::Error> {
+    let arrival = shared.arrivals.fetch_add(1, Ordering::SeqCst) + 1;
+    match shared.outage_action(arrival) {
+        Some(OutageMode::Drop) => {
+            let mut state = shared.lock();
+            state.stats.received += 1;
+            state.stats.dropped += 1;
+            drop(state);
+            Err(std::io::Error::other("outage: connection dropped"))
+        }
+        Some(_) => {
+            let mut state = shared.lock();
+            state.stats.received += 1;
+            state.stats.unavailable += 1;
+            Ok((StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded").into_response())
+        }
+        None => {
+            shared.lock().stats.received += 1;
+            match router.oneshot(request).await {
+                Ok(response) => Ok(response),
+                Err(infallible) => match infallible {},
+            }
+        }
+    }
+}
+
+/// The parts of a chat completion request that the server reads.
+#[derive(Debug, serde::Deserialize)]
+struct ChatRequest {
+    messages: Vec<ChatMessage>,
+    max_tokens: u64,
+    metadata: RequestMetadata,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ChatMessage {
+    content: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RequestMetadata {
+    request_id: String,
+}
+
+async fn chat_completions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let expected = format!("Bearer {}", shared.config.api_key);
+    if headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes) != Some(expected.as_bytes()) {
+        shared.lock().stats.unauthorized += 1;
+        return (StatusCode::UNAUTHORIZED, "missing or invalid API key").into_response();
+    }
+    let Ok(request) = serde_json::from_slice::<ChatRequest>(&body) else {
+        shared.lock().stats.bad_requests += 1;
+        return (StatusCode::BAD_REQUEST, "invalid chat completion request").into_response();
+    };
+    // Roughly four characters per token, as tokenizers for English text average.
+    let input_tokens = request
+        .messages
+        .iter()
+        .map(|message| message.content.len() as u64 / 4 + 1)
+        .sum::<u64>();
+    let output_tokens = request.max_tokens.min(16 + input_tokens % 48);
+
+    let config = &shared.config;
+    let mut state = shared.lock();
+    state.roll_window(config.window);
+    let output_token_limit = config.input_token_limit / 4;
+    let exhausted = state.requests_used >= config.request_limit
+        || state.input_tokens_used + input_tokens > config.input_token_limit
+        || state.output_tokens_used + output_tokens > output_token_limit;
+    if exhausted {
+        state.stats.rate_limited += 1;
+        let quota = state.quota_state(config);
+        drop(state);
+        return rate_limited_response(config.dialect, &quota);
+    }
+    state.requests_used += 1;
+    state.input_tokens_used += input_tokens;
+    state.output_tokens_used += output_tokens;
+    state.stats.ok += 1;
+    *state
+        .answered
+        .entry(request.metadata.request_id.clone())
+        .or_insert(0) += 1;
+    let quota = state.quota_state(config);
+    drop(state);
+
+    let completion = serde_json::json!({
+        "object": "chat.completion",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": "All quiet on loopback."},
+            "finish_reason": "stop",
+        }],
+        "usage": {
+            "prompt_tokens": input_tokens,
+            "completion_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        },
+        "metadata": {"request_id": request.metadata.request_id},
+    });
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/json")],
+        completion.to_string(),
+    )
+        .into_response();
+    dialect::write_headers(config.dialect, &quota, response.headers_mut());
+    response
+}
+
+fn rate_limited_response(dialect: Dialect, quota: &QuotaState) -> Response {
+    let wait = quota
+        .requests
+        .reset_at
+        .duration_since(quota.now)
+        .unwrap_or(Duration::ZERO);
+    // Retry-After carries whole seconds, so round up to never invite an early retry.
+    let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = Response::new(Body::from("rate limit exceeded"));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    dialect::write_headers(dialect, quota, response.headers_mut());
+    response
+}
+
+impl Accounting {
+    fn roll_window(&mut self, window: Duration) {
+        if self.window_started.elapsed() >= window {
+            self.window_started = Instant::now();
+            self.requests_used = 0;
+            self.input_tokens_used = 0;
+            self.output_tokens_used = 0;
+        }
+    }
+
+    fn quota_state(&self, config: &ServerConfig) -> QuotaState {
+        let now = tower_quota_queue::clock::now();
+        let reset_at = now + config.window.saturating_sub(self.window_started.elapsed());
+        let window = |limit: u64, used: u64| Window {
+            limit,
+            remaining: limit.saturating_sub(used),
+            reset_at,
+            length: config.window,
+        };
+        QuotaState {
+            requests: window(config.request_limit, self.requests_used),
+            input_tokens: window(config.input_token_limit, self.input_tokens_used),
+            output_tokens: window(config.input_token_limit / 4, self.output_tokens_used),
+            now,
+        }
+    }
+}
