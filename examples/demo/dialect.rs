@@ -100,6 +100,19 @@ fn insert(headers: &mut HeaderMap, name: &str, value: String) {
     }
 }
 
+/// Rounds a reset time up to a whole second, because a reset sent early invites retries that fail.
+fn ceil_to_second(time: SystemTime) -> SystemTime {
+    let Ok(since_epoch) = time.duration_since(SystemTime::UNIX_EPOCH) else {
+        return time;
+    };
+    let whole = Duration::from_secs(since_epoch.as_secs());
+    if whole == since_epoch {
+        time
+    } else {
+        SystemTime::UNIX_EPOCH + whole + Duration::from_secs(1)
+    }
+}
+
 fn reset_in(state: &QuotaState, window: &Window) -> Duration {
     window
         .reset_at
@@ -146,18 +159,16 @@ fn write_anthropic(state: &QuotaState, headers: &mut HeaderMap) {
         insert(
             headers,
             &format!("{prefix}-reset"),
-            humantime::format_rfc3339_seconds(window.reset_at).to_string(),
+            humantime::format_rfc3339_seconds(ceil_to_second(window.reset_at)).to_string(),
         );
     }
 }
 
 fn write_github(state: &QuotaState, headers: &mut HeaderMap) {
     let window = state.requests;
-    // GitHub sends the reset as whole epoch seconds, so round up to avoid a reset in the past.
-    let reset_epoch = window
-        .reset_at
+    let reset_epoch = ceil_to_second(window.reset_at)
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since_epoch| since_epoch.as_secs_f64().ceil() as u64);
+        .map_or(0, |since_epoch| since_epoch.as_secs());
     insert(headers, "x-ratelimit-limit", window.limit.to_string());
     insert(headers, "x-ratelimit-remaining", window.remaining.to_string());
     insert(
@@ -212,5 +223,88 @@ pub(crate) fn go_duration(duration: Duration) -> String {
         format!("{minutes}m{seconds}s")
     } else {
         format!("{seconds}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_at(now: SystemTime) -> QuotaState {
+        let window = |limit, remaining| Window {
+            limit,
+            remaining,
+            reset_at: now + Duration::from_millis(1500),
+            length: Duration::from_secs(60),
+        };
+        QuotaState {
+            requests: window(100, 25),
+            input_tokens: window(4000, 3000),
+            output_tokens: window(1000, 100),
+            now,
+        }
+    }
+
+    fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("<missing>")
+    }
+
+    #[test]
+    fn go_duration_matches_go_format() {
+        assert_eq!(go_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_secs(1)), "1s");
+        assert_eq!(go_duration(Duration::from_secs(360)), "6m0s");
+        assert_eq!(go_duration(Duration::from_millis(90_500)), "1m30.5s");
+    }
+
+    #[test]
+    fn openai_headers_count_both_token_directions() {
+        let mut headers = HeaderMap::new();
+        write_headers(Dialect::Openai, &state_at(SystemTime::UNIX_EPOCH), &mut headers);
+        assert_eq!(header(&headers, "x-ratelimit-limit-requests"), "100");
+        assert_eq!(header(&headers, "x-ratelimit-remaining-requests"), "25");
+        assert_eq!(header(&headers, "x-ratelimit-reset-requests"), "1.5s");
+        assert_eq!(header(&headers, "x-ratelimit-limit-tokens"), "5000");
+        assert_eq!(header(&headers, "x-ratelimit-remaining-tokens"), "3100");
+    }
+
+    #[test]
+    fn anthropic_tokens_report_most_used_direction() {
+        let mut headers = HeaderMap::new();
+        write_headers(Dialect::Anthropic, &state_at(SystemTime::UNIX_EPOCH), &mut headers);
+        assert_eq!(header(&headers, "anthropic-ratelimit-tokens-limit"), "1000");
+        assert_eq!(header(&headers, "anthropic-ratelimit-tokens-remaining"), "100");
+        assert_eq!(header(&headers, "anthropic-ratelimit-input-tokens-remaining"), "3000");
+        assert_eq!(
+            header(&headers, "anthropic-ratelimit-requests-reset"),
+            "1970-01-01T00:00:02Z"
+        );
+    }
+
+    #[test]
+    fn github_reset_rounds_up_to_epoch_second() {
+        let mut headers = HeaderMap::new();
+        write_headers(Dialect::Github, &state_at(SystemTime::UNIX_EPOCH), &mut headers);
+        assert_eq!(header(&headers, "x-ratelimit-used"), "75");
+        assert_eq!(header(&headers, "x-ratelimit-reset"), "2");
+        assert_eq!(header(&headers, "x-ratelimit-resource"), "core");
+    }
+
+    #[test]
+    fn ietf_fields_list_both_policies() {
+        let mut headers = HeaderMap::new();
+        write_headers(Dialect::Ietf, &state_at(SystemTime::UNIX_EPOCH), &mut headers);
+        assert_eq!(
+            header(&headers, "ratelimit-policy"),
+            "\"requests\";q=100;w=60, \"tokens\";q=5000;w=60"
+        );
+        assert_eq!(
+            header(&headers, "ratelimit"),
+            "\"requests\";r=25;t=2, \"tokens\";r=3100;t=2"
+        );
     }
 }

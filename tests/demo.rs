@@ -1,0 +1,79 @@
+//! Runs the demo's scenario at a small size: a fake rate-limited LLM server on loopback, the
+//! client stack with both layers, an outage and a replay of the queue.
+
+#[path = "../examples/demo/client.rs"]
+mod client;
+#[path = "../examples/demo/dialect.rs"]
+mod dialect;
+#[path = "../examples/demo/scenario.rs"]
+mod scenario;
+#[path = "../examples/demo/server.rs"]
+mod server;
+#[path = "../examples/demo/summary.rs"]
+mod summary;
+#[path = "../examples/demo/warnings.rs"]
+mod warnings;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tracing_subscriber::layer::SubscriberExt;
+
+use crate::dialect::Dialect;
+use crate::scenario::DemoConfig;
+use crate::server::{OutageMode, ServerConfig};
+use crate::warnings::QuotaWarningCounter;
+
+const API_KEY: &str = "sk-demo-test-secret-7f3a";
+
+/// Installs one global subscriber with the warning counter. Tests run in parallel threads, so
+/// each run reads only the warnings of its own partition.
+fn warning_counter() -> &'static QuotaWarningCounter {
+    static COUNTER: OnceLock<QuotaWarningCounter> = OnceLock::new();
+    COUNTER.get_or_init(|| {
+        let counter = QuotaWarningCounter::default();
+        let subscriber = tracing_subscriber::registry().with(counter.clone());
+        let _already_set = tracing::subscriber::set_global_default(subscriber);
+        counter
+    })
+}
+
+/// A run of 40 requests: 10 succeed, 8 meet the outage, then the window of 30 runs out.
+fn small_config(dialect: Dialect, queue_dir: &std::path::Path) -> DemoConfig {
+    DemoConfig {
+        requests: 40,
+        concurrency: 4,
+        server: ServerConfig {
+            dialect,
+            request_limit: 30,
+            input_token_limit: 10_000,
+            window: Duration::from_millis(500),
+            outage_start: 11,
+            outage_requests: 8,
+            outage_mode: OutageMode::Mixed,
+            api_key: API_KEY.to_owned(),
+        },
+        queue_dir: queue_dir.join("queue"),
+        replay_timeout: Duration::from_secs(20),
+    }
+}
+
+async fn run_small(dialect: Dialect) -> summary::Summary {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let config = small_config(dialect, dir.path());
+    scenario::run(&config, warning_counter())
+        .await
+        .expect("demo run completes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_openai_loses_nothing_and_warns() {
+    let summary = run_small(Dialect::Openai).await;
+    assert_eq!(summary.sent, 40, "{summary}");
+    assert_eq!(summary.delivery.lost, Vec::<String>::new(), "{summary}");
+    assert_eq!(summary.delivery.duplicated, Vec::<String>::new(), "{summary}");
+    assert_eq!(summary.not_queued, 0, "{summary}");
+    assert_eq!(summary.succeeded_first_time + summary.queued, 40, "{summary}");
+    assert_eq!(summary.quota_warnings, 1, "{summary}");
+    assert!(!summary.secret_on_disk, "{summary}");
+}
