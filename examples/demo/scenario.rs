@@ -67,6 +67,7 @@ pub(crate) async fn run(
         expired: 0,
         dead_lettered: 0,
         delivery,
+        server: server.stats(),
         quota_warnings: warnings.count_for(&partition),
         quota: Vec::new(),
         secret_on_disk: dir_contains(&config.queue_dir, config.server.api_key.as_bytes()),

@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::server::ServerStats;
+
 /// The result of comparing the ids the client sent with the server's ledger and the queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Delivery {
@@ -67,6 +69,8 @@ pub(crate) struct Summary {
     pub(crate) expired: usize,
     pub(crate) dead_lettered: usize,
     pub(crate) delivery: Delivery,
+    /// What the server answered, replays included.
+    pub(crate) server: ServerStats,
     pub(crate) quota_warnings: usize,
     pub(crate) quota: Vec<DimensionStatus>,
     /// Whether the API key was found in any file of the queue directory.
@@ -105,6 +109,12 @@ impl fmt::Display for Summary {
             delivery.lost.len()
         )?;
         writeln!(f, "  answered twice          {:>6}", delivery.duplicated.len())?;
+        let server = &self.server;
+        writeln!(
+            f,
+            "  server answers          {} ok, {} rate limited (429), {} unavailable (503), {} dropped, {} unauthorized",
+            server.ok, server.rate_limited, server.unavailable, server.dropped, server.unauthorized
+        )?;
         writeln!(f, "  quota warnings          {:>6}", self.quota_warnings)?;
         for status in &self.quota {
             writeln!(f, "  quota {:<17} {}", status.dimension, QuotaLine(status))?;
