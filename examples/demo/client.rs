@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
+use tower_quota_queue::retry_queue::{QueuedId, RetryQueueError};
 use tower_quota_queue::BoxError;
 
 /// What happened to a request on its first attempt.
@@ -15,9 +16,22 @@ pub(crate) enum FirstAttempt {
     /// The server answered 200.
     Succeeded,
     /// The request failed and the retry queue stored it.
-    Queued,
+    Queued(QueueCause),
     /// The request failed and was not stored; the message says why.
     NotQueued(String),
+}
+
+/// The failure that made the retry queue store a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum QueueCause {
+    /// A 429 response.
+    RateLimited,
+    /// A 503 response.
+    Unavailable,
+    /// Another retryable status, such as 502 or 504.
+    OtherStatus,
+    /// A transport error, such as a dropped connection.
+    ConnectionError,
 }
 
 /// Builds the `authorization` header value, marked sensitive so that logs and the queue skip it.
@@ -28,9 +42,7 @@ pub(crate) fn bearer_token(api_key: &str) -> Result<HeaderValue, BoxError> {
 }
 
 /// Adds credentials to every request that passes, including replays from the queue.
-pub(crate) fn add_credentials(
-    token: HeaderValue,
-) -> impl Fn(Request<Full<Bytes>>) -> Request<Full<Bytes>> + Clone {
+pub(crate) fn add_credentials<B>(token: HeaderValue) -> impl Fn(Request<B>) -> Request<B> + Clone {
     move |mut request| {
         request
             .headers_mut()
@@ -82,7 +94,9 @@ where
 {
     let next = Arc::new(AtomicUsize::new(0));
     let outcomes = Arc::new(Mutex::new(vec![
-        FirstAttempt::NotQueued("not sent".to_owned());
+        FirstAttempt::NotQueued(
+            "not sent".to_owned()
+        );
         count
     ]));
     let mut senders = tokio::task::JoinSet::new();
@@ -132,8 +146,17 @@ where
     B::Error: Into<BoxError>,
 {
     let status = response.status();
+    let queued = response.extensions().get::<QueuedId>().is_some();
     // Read the body to the end so that the connection returns to the pool.
     let body = response.into_body().collect().await;
+    if queued {
+        let cause = match status {
+            StatusCode::TOO_MANY_REQUESTS => QueueCause::RateLimited,
+            StatusCode::SERVICE_UNAVAILABLE => QueueCause::Unavailable,
+            _ => QueueCause::OtherStatus,
+        };
+        return FirstAttempt::Queued(cause);
+    }
     match (status, body) {
         (StatusCode::OK, Ok(_)) => FirstAttempt::Succeeded,
         (StatusCode::OK, Err(error)) => {
@@ -144,5 +167,11 @@ where
 }
 
 fn classify_error(error: BoxError) -> FirstAttempt {
-    FirstAttempt::NotQueued(error.to_string())
+    let queued = error
+        .downcast_ref::<RetryQueueError>()
+        .and_then(RetryQueueError::queued_id);
+    match queued {
+        Some(_) => FirstAttempt::Queued(QueueCause::ConnectionError),
+        None => FirstAttempt::NotQueued(error.to_string()),
+    }
 }

@@ -150,7 +150,11 @@ fn write_anthropic(state: &QuotaState, headers: &mut HeaderMap) {
     ];
     for (dimension, window) in dimensions {
         let prefix = format!("anthropic-ratelimit-{dimension}");
-        insert(headers, &format!("{prefix}-limit"), window.limit.to_string());
+        insert(
+            headers,
+            &format!("{prefix}-limit"),
+            window.limit.to_string(),
+        );
         insert(
             headers,
             &format!("{prefix}-remaining"),
@@ -170,7 +174,11 @@ fn write_github(state: &QuotaState, headers: &mut HeaderMap) {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since_epoch| since_epoch.as_secs());
     insert(headers, "x-ratelimit-limit", window.limit.to_string());
-    insert(headers, "x-ratelimit-remaining", window.remaining.to_string());
+    insert(
+        headers,
+        "x-ratelimit-remaining",
+        window.remaining.to_string(),
+    );
     insert(
         headers,
         "x-ratelimit-used",
@@ -217,7 +225,11 @@ pub(crate) fn go_duration(duration: Duration) -> String {
         (second_millis / 1000).to_string()
     } else {
         let fraction = format!("{fraction:03}");
-        format!("{}.{}", second_millis / 1000, fraction.trim_end_matches('0'))
+        format!(
+            "{}.{}",
+            second_millis / 1000,
+            fraction.trim_end_matches('0')
+        )
     };
     if minutes > 0 {
         format!("{minutes}m{seconds}s")
@@ -264,7 +276,11 @@ mod tests {
     #[test]
     fn openai_headers_count_both_token_directions() {
         let mut headers = HeaderMap::new();
-        write_headers(Dialect::Openai, &state_at(SystemTime::UNIX_EPOCH), &mut headers);
+        write_headers(
+            Dialect::Openai,
+            &state_at(SystemTime::UNIX_EPOCH),
+            &mut headers,
+        );
         assert_eq!(header(&headers, "x-ratelimit-limit-requests"), "100");
         assert_eq!(header(&headers, "x-ratelimit-remaining-requests"), "25");
         assert_eq!(header(&headers, "x-ratelimit-reset-requests"), "1.5s");
@@ -275,10 +291,20 @@ mod tests {
     #[test]
     fn anthropic_tokens_report_most_used_direction() {
         let mut headers = HeaderMap::new();
-        write_headers(Dialect::Anthropic, &state_at(SystemTime::UNIX_EPOCH), &mut headers);
+        write_headers(
+            Dialect::Anthropic,
+            &state_at(SystemTime::UNIX_EPOCH),
+            &mut headers,
+        );
         assert_eq!(header(&headers, "anthropic-ratelimit-tokens-limit"), "1000");
-        assert_eq!(header(&headers, "anthropic-ratelimit-tokens-remaining"), "100");
-        assert_eq!(header(&headers, "anthropic-ratelimit-input-tokens-remaining"), "3000");
+        assert_eq!(
+            header(&headers, "anthropic-ratelimit-tokens-remaining"),
+            "100"
+        );
+        assert_eq!(
+            header(&headers, "anthropic-ratelimit-input-tokens-remaining"),
+            "3000"
+        );
         assert_eq!(
             header(&headers, "anthropic-ratelimit-requests-reset"),
             "1970-01-01T00:00:02Z"
@@ -288,7 +314,11 @@ mod tests {
     #[test]
     fn github_reset_rounds_up_to_epoch_second() {
         let mut headers = HeaderMap::new();
-        write_headers(Dialect::Github, &state_at(SystemTime::UNIX_EPOCH), &mut headers);
+        write_headers(
+            Dialect::Github,
+            &state_at(SystemTime::UNIX_EPOCH),
+            &mut headers,
+        );
         assert_eq!(header(&headers, "x-ratelimit-used"), "75");
         assert_eq!(header(&headers, "x-ratelimit-reset"), "2");
         assert_eq!(header(&headers, "x-ratelimit-resource"), "core");
@@ -297,7 +327,11 @@ mod tests {
     #[test]
     fn ietf_fields_list_both_policies() {
         let mut headers = HeaderMap::new();
-        write_headers(Dialect::Ietf, &state_at(SystemTime::UNIX_EPOCH), &mut headers);
+        write_headers(
+            Dialect::Ietf,
+            &state_at(SystemTime::UNIX_EPOCH),
+            &mut headers,
+        );
         assert_eq!(
             header(&headers, "ratelimit-policy"),
             "\"requests\";q=100;w=60, \"tokens\";q=5000;w=60"

@@ -7,6 +7,7 @@
 
 mod client;
 mod dialect;
+mod replay;
 mod scenario;
 mod server;
 mod summary;
@@ -95,7 +96,10 @@ fn main() -> ExitCode {
 }
 
 /// Runs the demo and prints its summary; returns whether nothing was lost.
-async fn run(args: Args, warnings: &QuotaWarningCounter) -> Result<bool, tower_quota_queue::BoxError> {
+async fn run(
+    args: Args,
+    warnings: &QuotaWarningCounter,
+) -> Result<bool, tower_quota_queue::BoxError> {
     // A temporary directory is removed when dropped unless `--keep` asks to keep it.
     let temp_dir = match &args.queue_dir {
         Some(_) => None,

@@ -1,14 +1,22 @@
 //! One demo run: start the server, send the requests, replay the queue, check the ledger.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
+use tower_quota_queue::retry_queue::{
+    RetryQueue, RetryQueueBody, RetryQueueConfig, RetryQueueLayer,
+};
 use tower_quota_queue::BoxError;
 
-use crate::client::{self, FirstAttempt};
+use crate::client::{self, FirstAttempt, QueueCause};
+use crate::replay;
 use crate::server::{FakeLlmServer, ServerConfig};
 use crate::summary::{Delivery, Summary};
 use crate::warnings::QuotaWarningCounter;
@@ -24,6 +32,9 @@ pub(crate) struct DemoConfig {
     pub(crate) replay_timeout: Duration,
 }
 
+/// The request body type below `RetryQueueLayer`.
+type QueueBody = RetryQueueBody<Full<Bytes>>;
+
 /// Runs the demo once and returns its summary.
 pub(crate) async fn run(
     config: &DemoConfig,
@@ -34,38 +45,63 @@ pub(crate) async fn run(
     let endpoint = server.endpoint();
     tracing::info!(%endpoint, dialect = %config.server.dialect, "fake LLM server listening");
 
-    let http_client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .build_http();
+    let queue = RetryQueue::open(RetryQueueConfig::new().path(&config.queue_dir))?;
+    let http_client: Client<_, QueueBody> = Client::builder(TokioExecutor::new()).build_http();
     let token = client::bearer_token(&config.server.api_key)?;
-    let service = ServiceBuilder::new()
+    // Credentials sit below the queue, so stored requests never contain them and every replay
+    // gets them again on its way out.
+    let upstream = ServiceBuilder::new()
         .map_request(client::add_credentials(token))
         .service(http_client);
+    let service = ServiceBuilder::new()
+        .layer(RetryQueueLayer::new(queue.clone()))
+        .service(upstream.clone());
+    let mut replay_service = ServiceBuilder::new()
+        .map_request(|request: Request<Full<Bytes>>| request.map(QueueBody::from))
+        .service(upstream);
 
     tracing::info!(
         requests = config.requests,
         concurrency = config.concurrency,
         "sending chat completion requests"
     );
-    let outcomes =
-        client::send_all(service, &endpoint, config.requests, config.concurrency).await;
+    let outcomes = client::send_all(service, &endpoint, config.requests, config.concurrency).await;
+    log_first_attempts(&outcomes, queue.len());
+
+    let totals = replay::drain(&queue, &mut replay_service, config.replay_timeout).await?;
+    tracing::info!(
+        replayed = totals.replayed,
+        failed_attempts = totals.failed_attempts,
+        pending = queue.len(),
+        "replay finished"
+    );
+
+    let (stored_ids, unlisted) = replay::stored_request_ids(&queue).await?;
+    if unlisted > 0 {
+        tracing::warn!(
+            unlisted,
+            "some queued items wait for Retry-After and were not listed"
+        );
+    }
+    let dead_lettered = queue.stats().dead;
+    drop(queue);
 
     let sent: Vec<String> = (0..config.requests).map(client::request_id).collect();
-    let queued_ids = HashSet::new();
-    let delivery = Delivery::check(&sent, &server.answered(), &queued_ids);
+    let delivery = Delivery::check(&sent, &server.answered(), &stored_ids);
     let partition = endpoint_authority(&endpoint);
     Ok(Summary {
         dialect: config.server.dialect.to_string(),
         sent: outcomes.len(),
         succeeded_first_time: count(&outcomes, |outcome| *outcome == FirstAttempt::Succeeded),
-        queued: count(&outcomes, |outcome| *outcome == FirstAttempt::Queued),
+        queued: count(&outcomes, |outcome| {
+            matches!(outcome, FirstAttempt::Queued(_))
+        }),
+        queued_by_cause: queued_by_cause(&outcomes),
         not_queued: count(&outcomes, |outcome| {
             matches!(outcome, FirstAttempt::NotQueued(_))
         }),
-        replayed: 0,
-        expired: 0,
-        dead_lettered: 0,
+        replay: totals,
+        dead_lettered,
         delivery,
         server: server.stats(),
         quota_warnings: warnings.count_for(&partition),
@@ -77,8 +113,36 @@ pub(crate) async fn run(
     })
 }
 
+fn log_first_attempts(outcomes: &[FirstAttempt], pending: usize) {
+    for (index, outcome) in outcomes.iter().enumerate() {
+        if let FirstAttempt::NotQueued(reason) = outcome {
+            let request_id = client::request_id(index);
+            tracing::error!(%request_id, %reason, "request failed and was not queued");
+        }
+    }
+    tracing::info!(
+        succeeded = count(outcomes, |outcome| *outcome == FirstAttempt::Succeeded),
+        queued = count(outcomes, |outcome| matches!(
+            outcome,
+            FirstAttempt::Queued(_)
+        )),
+        pending,
+        "first attempts finished"
+    );
+}
+
 fn count(outcomes: &[FirstAttempt], predicate: impl Fn(&FirstAttempt) -> bool) -> usize {
     outcomes.iter().filter(|outcome| predicate(outcome)).count()
+}
+
+fn queued_by_cause(outcomes: &[FirstAttempt]) -> Vec<(QueueCause, usize)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for outcome in outcomes {
+        if let FirstAttempt::Queued(cause) = outcome {
+            *counts.entry(*cause).or_insert(0) += 1;
+        }
+    }
+    counts.into_iter().collect()
 }
 
 /// Returns the `host:port` of an endpoint URL, the partition key that `ByAuthority` derives.

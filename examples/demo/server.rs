@@ -238,7 +238,11 @@ async fn chat_completions(
     body: Bytes,
 ) -> Response {
     let expected = format!("Bearer {}", shared.config.api_key);
-    if headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes) != Some(expected.as_bytes()) {
+    if headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        != Some(expected.as_bytes())
+    {
         shared.lock().stats.unauthorized += 1;
         return (StatusCode::UNAUTHORIZED, "missing or invalid API key").into_response();
     }

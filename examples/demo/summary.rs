@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::client::QueueCause;
+use crate::replay::ReplayTotals;
 use crate::server::ServerStats;
 
 /// The result of comparing the ids the client sent with the server's ledger and the queue.
@@ -64,9 +66,10 @@ pub(crate) struct Summary {
     pub(crate) sent: usize,
     pub(crate) succeeded_first_time: usize,
     pub(crate) queued: usize,
+    pub(crate) queued_by_cause: Vec<(QueueCause, usize)>,
     pub(crate) not_queued: usize,
-    pub(crate) replayed: usize,
-    pub(crate) expired: usize,
+    pub(crate) replay: ReplayTotals,
+    /// Items in the dead-letter tree at the end of the run.
     pub(crate) dead_lettered: usize,
     pub(crate) delivery: Delivery,
     /// What the server answered, replays included.
@@ -97,10 +100,24 @@ impl fmt::Display for Summary {
             "  succeeded first time    {:>6}",
             self.succeeded_first_time
         )?;
-        writeln!(f, "  queued                  {:>6}", self.queued)?;
+        write!(f, "  queued                  {:>6}", self.queued)?;
+        let causes: Vec<String> = self
+            .queued_by_cause
+            .iter()
+            .map(|(cause, count)| format!("{count} {cause}"))
+            .collect();
+        if causes.is_empty() {
+            writeln!(f)?;
+        } else {
+            writeln!(f, "  ({})", causes.join(", "))?;
+        }
         writeln!(f, "  failed, not queued      {:>6}", self.not_queued)?;
-        writeln!(f, "  replayed                {:>6}", self.replayed)?;
-        writeln!(f, "  expired                 {:>6}", self.expired)?;
+        writeln!(
+            f,
+            "  replayed                {:>6}  ({} replay attempts failed and were requeued)",
+            self.replay.replayed, self.replay.failed_attempts
+        )?;
+        writeln!(f, "  expired                 {:>6}", self.replay.expired)?;
         writeln!(f, "  dead-lettered           {:>6}", self.dead_lettered)?;
         writeln!(f, "  still queued            {:>6}", delivery.still_queued)?;
         writeln!(
@@ -108,7 +125,11 @@ impl fmt::Display for Summary {
             "  lost                    {:>6}  (server ledger: each id answered 200 once or still queued)",
             delivery.lost.len()
         )?;
-        writeln!(f, "  answered twice          {:>6}", delivery.duplicated.len())?;
+        writeln!(
+            f,
+            "  answered twice          {:>6}",
+            delivery.duplicated.len()
+        )?;
         let server = &self.server;
         writeln!(
             f,
@@ -139,6 +160,18 @@ impl fmt::Display for Summary {
     }
 }
 
+impl fmt::Display for QueueCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cause = match self {
+            Self::RateLimited => "on 429",
+            Self::Unavailable => "on 503",
+            Self::OtherStatus => "on another retryable status",
+            Self::ConnectionError => "on connection errors",
+        };
+        f.write_str(cause)
+    }
+}
+
 struct QuotaLine<'a>(&'a DimensionStatus);
 
 impl fmt::Display for QuotaLine<'_> {
@@ -165,7 +198,11 @@ mod tests {
     #[test]
     fn delivery_check_counts_each_case() {
         let sent: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
-        let answered = HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 2), ("e".to_owned(), 1)]);
+        let answered = HashMap::from([
+            ("a".to_owned(), 1),
+            ("b".to_owned(), 2),
+            ("e".to_owned(), 1),
+        ]);
         let queued = HashSet::from(["c".to_owned(), "e".to_owned()]);
         let delivery = Delivery::check(&sent, &answered, &queued);
         assert_eq!(delivery.delivered, 1);
