@@ -1,1 +1,3 @@
 //! Quota tracking from rate-limit response headers.
+
+pub(crate) mod headers;
