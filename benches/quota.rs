@@ -1,1 +1,2 @@
+//! Benchmarks of the quota layer.
 fn main() {}

@@ -18,6 +18,7 @@ pub mod quota;
 pub mod retry_queue;
 
 pub use partition::{ByAuthority, Partitioner};
+pub use quota::{QuotaLayer, QuotaTracker};
 
 /// A boxed error, the error type that layers of this crate hand through from inner services.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

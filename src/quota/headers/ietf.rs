@@ -51,8 +51,8 @@ fn read_policy<'a>(collector: &mut Collector<'a>, text: &'a str) -> Understood {
             continue;
         }
         let quota = parse_item(member).and_then(|(name, params)| {
-            let quota = params.filter_map(|(key, value)| (key == "q").then(|| parse_count(value)));
-            Some((name, quota.last()??))
+            let quota = params.filter(|(key, _)| *key == "q").last()?;
+            Some((name, parse_count(quota.1)?))
         });
         match quota {
             Some((name, quota)) => {
