@@ -8,6 +8,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tokio::time::Instant;
 use tower::Service;
+use tower_quota_queue::quota::QuotaTracker;
 use tower_quota_queue::retry_queue::{QueuedRequest, RetryQueue};
 use tower_quota_queue::{clock, BoxError};
 
@@ -24,9 +25,14 @@ pub(crate) struct ReplayTotals {
 const MIN_PAUSE: Duration = Duration::from_millis(50);
 
 /// Replays the queue through `service` until it is empty or `timeout` has passed.
+///
+/// Before each round it waits while `tracker` reports `partition` exhausted, so no replay is
+/// spent on a window the server has already closed.
 pub(crate) async fn drain<S, B>(
     queue: &RetryQueue,
     service: &mut S,
+    tracker: &QuotaTracker,
+    partition: &str,
     timeout: Duration,
 ) -> Result<ReplayTotals, BoxError>
 where
@@ -36,6 +42,19 @@ where
     let deadline = Instant::now() + timeout;
     let mut totals = ReplayTotals::default();
     while !queue.is_empty() && Instant::now() < deadline {
+        if let Some(blocked_until) = tracker.blocked_until(partition) {
+            let wake_at = clock::instant_at(blocked_until).min(deadline);
+            tracing::info!(
+                partition,
+                pending = queue.len(),
+                wait_ms = wake_at
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as u64,
+                "quota exhausted, pausing the replay until the window resets"
+            );
+            tokio::time::sleep_until(wake_at).await;
+            continue;
+        }
         let report = queue.process_all(service).await?;
         totals.replayed += report.succeeded;
         totals.failed_attempts += report.failed;

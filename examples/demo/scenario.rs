@@ -10,6 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
+use tower_quota_queue::quota::{QuotaLayer, QuotaTracker};
 use tower_quota_queue::retry_queue::{
     RetryQueue, RetryQueueBody, RetryQueueConfig, RetryQueueLayer,
 };
@@ -18,7 +19,7 @@ use tower_quota_queue::BoxError;
 use crate::client::{self, FirstAttempt, QueueCause};
 use crate::replay;
 use crate::server::{FakeLlmServer, ServerConfig};
-use crate::summary::{Delivery, Summary};
+use crate::summary::{Delivery, DimensionStatus, Summary};
 use crate::warnings::QuotaWarningCounter;
 
 /// The settings of one run.
@@ -45,12 +46,14 @@ pub(crate) async fn run(
     let endpoint = server.endpoint();
     tracing::info!(%endpoint, dialect = %config.server.dialect, "fake LLM server listening");
 
+    let tracker = QuotaTracker::new();
     let queue = RetryQueue::open(RetryQueueConfig::new().path(&config.queue_dir))?;
     let http_client: Client<_, QueueBody> = Client::builder(TokioExecutor::new()).build_http();
     let token = client::bearer_token(&config.server.api_key)?;
-    // Credentials sit below the queue, so stored requests never contain them and every replay
-    // gets them again on its way out.
+    // Quota tracking and credentials sit below the queue: stored requests never contain the key,
+    // and every replay updates the tracker and gets the key again on its way out.
     let upstream = ServiceBuilder::new()
+        .layer(QuotaLayer::new(tracker.clone()))
         .map_request(client::add_credentials(token))
         .service(http_client);
     let service = ServiceBuilder::new()
@@ -68,7 +71,15 @@ pub(crate) async fn run(
     let outcomes = client::send_all(service, &endpoint, config.requests, config.concurrency).await;
     log_first_attempts(&outcomes, queue.len());
 
-    let totals = replay::drain(&queue, &mut replay_service, config.replay_timeout).await?;
+    let partition = endpoint_authority(&endpoint);
+    let totals = replay::drain(
+        &queue,
+        &mut replay_service,
+        &tracker,
+        &partition,
+        config.replay_timeout,
+    )
+    .await?;
     tracing::info!(
         replayed = totals.replayed,
         failed_attempts = totals.failed_attempts,
@@ -88,7 +99,6 @@ pub(crate) async fn run(
 
     let sent: Vec<String> = (0..config.requests).map(client::request_id).collect();
     let delivery = Delivery::check(&sent, &server.answered(), &stored_ids);
-    let partition = endpoint_authority(&endpoint);
     Ok(Summary {
         dialect: config.server.dialect.to_string(),
         sent: outcomes.len(),
@@ -105,7 +115,7 @@ pub(crate) async fn run(
         delivery,
         server: server.stats(),
         quota_warnings: warnings.count_for(&partition),
-        quota: Vec::new(),
+        quota: quota_status(&tracker, &partition),
         secret_on_disk: dir_contains(&config.queue_dir, config.server.api_key.as_bytes()),
         queue_dir: config.queue_dir.clone(),
         queue_dir_kept: true,
@@ -129,6 +139,28 @@ fn log_first_attempts(outcomes: &[FirstAttempt], pending: usize) {
         pending,
         "first attempts finished"
     );
+}
+
+/// Returns every quota dimension of `partition` as the tracker saw it last.
+fn quota_status(tracker: &QuotaTracker, partition: &str) -> Vec<DimensionStatus> {
+    let now = tower_quota_queue::clock::now();
+    let snapshot = tracker.snapshot();
+    let Some(entry) = snapshot.iter().find(|entry| entry.partition == partition) else {
+        return Vec::new();
+    };
+    entry
+        .dimensions
+        .iter()
+        .map(|info| DimensionStatus {
+            dimension: info.dimension.clone(),
+            limit: info.limit,
+            remaining: info.remaining,
+            usage: info.usage,
+            reset_in: info
+                .reset_at
+                .and_then(|reset_at| reset_at.duration_since(now).ok()),
+        })
+        .collect()
 }
 
 fn count(outcomes: &[FirstAttempt], predicate: impl Fn(&FirstAttempt) -> bool) -> usize {
