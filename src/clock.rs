@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 static BASE: OnceLock<(SystemTime, std::time::Instant)> = OnceLock::new();
 
-/// Returns the current wall-clock time as this crate sees it.
+/// Returns the current wall-clock time as this crate reads it.
 ///
 /// Outside a runtime with a paused clock this equals [`SystemTime::now`] up to clock adjustments made
 /// since the first call. Under `tokio::time::pause` it advances with tokio's virtual time.
@@ -25,9 +25,23 @@ static BASE: OnceLock<(SystemTime, std::time::Instant)> = OnceLock::new();
 /// assert!(after >= before);
 /// ```
 pub fn now() -> SystemTime {
-    let (system, instant) = *BASE.get_or_init(|| (SystemTime::now(), std::time::Instant::now()));
-    let elapsed = Instant::now().into_std().saturating_duration_since(instant);
-    system + elapsed
+    let base = *BASE.get_or_init(|| (SystemTime::now(), std::time::Instant::now()));
+    wall_clock_at(base, Instant::now().into_std())
+}
+
+/// Maps a monotonic instant to wall-clock time, given one moment known on both clocks.
+///
+/// The instant can lie before the base: a runtime paused before another thread took the base
+/// reads instants from the past.
+fn wall_clock_at(
+    base: (SystemTime, std::time::Instant),
+    instant: std::time::Instant,
+) -> SystemTime {
+    let (system, base_instant) = base;
+    match instant.checked_duration_since(base_instant) {
+        Some(elapsed) => system + elapsed,
+        None => system - base_instant.duration_since(instant),
+    }
 }
 
 /// Converts a wall-clock deadline into a [`tokio::time::Instant`] for sleeping until it.
@@ -38,5 +52,27 @@ pub fn instant_at(deadline: SystemTime) -> Instant {
     match deadline.duration_since(now()) {
         Ok(ahead) => now_instant + ahead,
         Err(_) => now_instant,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn wall_clock_follows_instants_before_and_after_base() {
+        let later = std::time::Instant::now();
+        let earlier = later - Duration::from_secs(5);
+        let base = (SystemTime::UNIX_EPOCH + Duration::from_secs(1_000), later);
+        assert_eq!(
+            wall_clock_at(base, earlier),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(995)
+        );
+        assert_eq!(
+            wall_clock_at(base, later + Duration::from_millis(250)),
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_250)
+        );
     }
 }

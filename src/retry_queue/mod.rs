@@ -37,6 +37,7 @@ mod replay;
 mod request;
 mod service;
 mod store;
+mod worker;
 
 pub use body::RetryQueueBody;
 pub use classify::{DefaultClassifier, RetryClassifier};
@@ -49,3 +50,4 @@ pub use queue::{NackOutcome, QueueStats, RetryQueue};
 pub use replay::{ReplayError, ReplayReport, RetryableStatus};
 pub use request::QueuedRequest;
 pub use service::{QueuedId, RetryQueueService};
+pub use worker::{Backoff, ReplayWorker, WorkerHandle, WorkerReport};

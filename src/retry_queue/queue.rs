@@ -526,12 +526,22 @@ impl RetryQueue {
         Ok(items)
     }
 
+    /// Returns the earliest `not_before` after `now` among ready items, or `None` when no ready item
+    /// waits for one.
+    pub(crate) fn next_not_before_after(&self, now: SystemTime) -> Option<SystemTime> {
+        let state = self.lock();
+        state
+            .ready
+            .values()
+            .filter_map(|meta| meta.not_before)
+            .filter(|not_before| *not_before > now)
+            .min()
+    }
+
     /// Returns the notification that fires after every enqueue and nack.
     ///
     /// Both `notify_waiters` and `notify_one` are called, so a waiter that registered late still
     /// finds a stored permit.
-    // The replay worker waits on this; nothing else in the crate does yet.
-    #[allow(dead_code)]
     pub(crate) fn notify(&self) -> &Notify {
         &self.inner.notify
     }

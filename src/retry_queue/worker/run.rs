@@ -1,0 +1,336 @@
+//! The replay worker's task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use tokio::sync::watch;
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::Instant;
+use tower::Service;
+use uuid::Uuid;
+
+use super::{Backoff, WorkerReport};
+use crate::quota::QuotaTracker;
+use crate::retry_queue::classify::{retry_after, RetryClassifier};
+use crate::retry_queue::queue::{NackOutcome, RetryQueue};
+use crate::retry_queue::replay::RetryableStatus;
+use crate::retry_queue::request::QueuedRequest;
+use crate::{clock, BoxError};
+
+/// How long the worker waits before it tries the queue again after a storage error.
+const STORAGE_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The worker's settings and shared handles. The service lives outside it, in [`Worker::run`], so
+/// that the worker needs no `Sync` service.
+pub(super) struct Worker<C> {
+    pub(super) queue: RetryQueue,
+    pub(super) classifier: Arc<C>,
+    pub(super) concurrency: usize,
+    pub(super) backoff: Backoff,
+    pub(super) shutdown_timeout: Duration,
+    pub(super) tracker: Option<QuotaTracker>,
+}
+
+/// The result of one replay.
+enum Outcome {
+    Succeeded,
+    /// The worker cancelled the replay at shutdown. The item goes back without a backoff.
+    Interrupted,
+    Failed {
+        error: String,
+        retry_after: Option<SystemTime>,
+    },
+}
+
+/// The item behind a running replay task.
+#[derive(Clone, Copy)]
+struct Lease {
+    id: Uuid,
+    attempts: u32,
+}
+
+/// The replays that are running, by task.
+struct Running {
+    tasks: JoinSet<Outcome>,
+    leases: HashMap<Id, Lease>,
+}
+
+impl<C: RetryClassifier> Worker<C> {
+    pub(super) async fn run<S, B>(self, service: S, mut stop: watch::Receiver<bool>) -> WorkerReport
+    where
+        S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Send + 'static,
+    {
+        tracing::info!(
+            pending = self.queue.len(),
+            concurrency = self.concurrency,
+            "replay worker started"
+        );
+        let mut report = WorkerReport::default();
+        let mut running = Running {
+            tasks: JoinSet::new(),
+            leases: HashMap::new(),
+        };
+        while !*stop.borrow_and_update() {
+            let wake_at = self.start_ready(&service, &mut running, &mut report);
+            // A permit stored by an enqueue since the last wait completes this at once.
+            let enqueued = self.queue.notify().notified();
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                Some(joined) = running.tasks.join_next_with_id() => {
+                    self.settle(joined, &mut running, &mut report).await;
+                }
+                () = enqueued => {}
+                () = sleep_until(wake_at) => {}
+            }
+        }
+        self.stop(running, report).await
+    }
+
+    /// Starts replays of ready items until the concurrency limit is reached or no item can go now.
+    /// Returns when the worker must look again if nothing else wakes it.
+    fn start_ready<S, B>(
+        &self,
+        service: &S,
+        running: &mut Running,
+        report: &mut WorkerReport,
+    ) -> Option<SystemTime>
+    where
+        S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Send + 'static,
+    {
+        while running.tasks.len() < self.concurrency {
+            let now = clock::now();
+            let mut blocked_until: Option<SystemTime> = None;
+            let leased = self.queue.take_before(u64::MAX, |item| {
+                match self.partition_blocked_until(item, now) {
+                    Some(deadline) => {
+                        blocked_until = Some(blocked_until.map_or(deadline, |d| d.min(deadline)));
+                        false
+                    }
+                    None => true,
+                }
+            });
+            match leased {
+                Ok((item, expired)) => {
+                    report.expired += expired;
+                    let Some(item) = item else {
+                        let next_due = self.queue.next_not_before_after(now);
+                        return earliest(blocked_until, next_due);
+                    };
+                    self.start(service.clone(), item, running);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "replay worker failed to take an item, retrying in 1 s");
+                    return Some(now + STORAGE_RETRY_DELAY);
+                }
+            }
+        }
+        None
+    }
+
+    /// Returns the deadline of the item's partition when the quota tracker reports it exhausted.
+    fn partition_blocked_until(&self, item: &QueuedRequest, now: SystemTime) -> Option<SystemTime> {
+        let deadline = self.tracker.as_ref()?.blocked_until(item.partition())?;
+        (deadline > now).then_some(deadline)
+    }
+
+    fn start<S, B>(&self, service: S, item: QueuedRequest, running: &mut Running)
+    where
+        S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Send + 'static,
+    {
+        let lease = Lease {
+            id: item.id(),
+            attempts: item.attempts(),
+        };
+        tracing::debug!(
+            request_id = %lease.id,
+            attempt = lease.attempts + 1,
+            "replaying queued request"
+        );
+        let classifier = Arc::clone(&self.classifier);
+        let task = running
+            .tasks
+            .spawn(replay(service, classifier, item.into_request()));
+        running.leases.insert(task.id(), lease);
+    }
+
+    /// Acks or nacks the item of a finished replay task.
+    async fn settle(
+        &self,
+        joined: Result<(Id, Outcome), JoinError>,
+        running: &mut Running,
+        report: &mut WorkerReport,
+    ) {
+        let (task, outcome) = match joined {
+            Ok(finished) => finished,
+            Err(error) if error.is_cancelled() => (error.id(), Outcome::Interrupted),
+            Err(error) => {
+                let failed = Outcome::Failed {
+                    error: "replay task panicked".to_owned(),
+                    retry_after: None,
+                };
+                (error.id(), failed)
+            }
+        };
+        let Some(lease) = running.leases.remove(&task) else {
+            return;
+        };
+        match outcome {
+            Outcome::Succeeded => self.ack(lease.id, report).await,
+            Outcome::Interrupted => {
+                report.interrupted += 1;
+                let error = "replay cancelled by worker shutdown";
+                if let Err(queue_error) = self.queue.nack(lease.id, error, None).await {
+                    tracing::warn!(
+                        request_id = %lease.id,
+                        error = %queue_error,
+                        "failed to return a cancelled replay to the queue"
+                    );
+                }
+            }
+            Outcome::Failed { error, retry_after } => {
+                self.nack(lease, &error, retry_after, report).await;
+            }
+        }
+    }
+
+    async fn ack(&self, id: Uuid, report: &mut WorkerReport) {
+        match self.queue.ack(id).await {
+            Ok(()) => {
+                report.succeeded += 1;
+                tracing::debug!(request_id = %id, "replayed queued request");
+            }
+            Err(error) => {
+                tracing::warn!(request_id = %id, %error, "failed to ack a replayed request");
+            }
+        }
+    }
+
+    async fn nack(
+        &self,
+        lease: Lease,
+        error: &str,
+        retry_after: Option<SystemTime>,
+        report: &mut WorkerReport,
+    ) {
+        report.failed += 1;
+        let failures = lease.attempts.saturating_add(1);
+        let delay = self.backoff.delay(failures);
+        let backed_off = clock::now() + delay;
+        let not_before = retry_after.map_or(backed_off, |at| at.max(backed_off));
+        match self.queue.nack(lease.id, error, Some(not_before)).await {
+            Ok(NackOutcome::DeadLettered) => report.dead_lettered += 1,
+            Ok(_) => tracing::debug!(
+                request_id = %lease.id,
+                attempt = failures,
+                error,
+                backoff_ms = delay.as_millis(),
+                "replay failed, requeued"
+            ),
+            Err(queue_error) => tracing::warn!(
+                request_id = %lease.id,
+                error = %queue_error,
+                "failed to nack a failed replay"
+            ),
+        }
+    }
+
+    /// Lets running replays finish until the shutdown timeout, then cancels the rest and returns
+    /// their items to the queue.
+    async fn stop(&self, mut running: Running, mut report: WorkerReport) -> WorkerReport {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        loop {
+            tokio::select! {
+                joined = running.tasks.join_next_with_id() => match joined {
+                    Some(joined) => self.settle(joined, &mut running, &mut report).await,
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    running.tasks.abort_all();
+                    while let Some(joined) = running.tasks.join_next_with_id().await {
+                        self.settle(joined, &mut running, &mut report).await;
+                    }
+                    break;
+                }
+            }
+        }
+        tracing::info!(
+            succeeded = report.succeeded,
+            failed = report.failed,
+            dead_lettered = report.dead_lettered,
+            expired = report.expired,
+            interrupted = report.interrupted,
+            pending = self.queue.len(),
+            "replay worker stopped"
+        );
+        report
+    }
+}
+
+/// Sends one replay and classifies its result.
+async fn replay<S, C, B>(
+    mut service: S,
+    classifier: Arc<C>,
+    request: http::Request<Full<Bytes>>,
+) -> Outcome
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>>,
+    S::Error: Into<BoxError>,
+    C: RetryClassifier,
+{
+    if let Err(error) = std::future::poll_fn(|cx| service.poll_ready(cx)).await {
+        return Outcome::Failed {
+            error: error.into().to_string(),
+            retry_after: None,
+        };
+    }
+    match service.call(request).await {
+        Ok(response) if classifier.is_retryable(response.status(), response.headers()) => {
+            Outcome::Failed {
+                error: RetryableStatus(response.status()).to_string(),
+                retry_after: retry_after(response.headers(), clock::now()),
+            }
+        }
+        Ok(_) => Outcome::Succeeded,
+        Err(error) => Outcome::Failed {
+            error: error.into().to_string(),
+            retry_after: None,
+        },
+    }
+}
+
+fn earliest(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sleeps until a wall-clock deadline, or forever without one.
+async fn sleep_until(deadline: Option<SystemTime>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(clock::instant_at(deadline)).await,
+        None => std::future::pending().await,
+    }
+}
