@@ -314,3 +314,146 @@ async fn durable_enqueue_64_concurrent_producers() {
     let expected: std::collections::HashSet<Uuid> = ids.into_iter().collect();
     assert_eq!(found, expected);
 }
+
+#[tokio::test]
+async fn undecodable_record_moves_to_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = {
+        let queue = RetryQueue::open(config(&dir)).unwrap();
+        queue.enqueue(item("good")).await.unwrap()
+    };
+    {
+        // Write records that a corrupt disk or a later format version could leave behind.
+        let db = sled::open(dir.path().join("queue")).unwrap();
+        let ready = db.open_tree("ready").unwrap();
+        ready
+            .insert(1_000u64.to_be_bytes(), &b"\x01garbage"[..])
+            .unwrap();
+        ready
+            .insert(1_001u64.to_be_bytes(), &b"\x07future format"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    assert_eq!(queue.stats().dead, 2);
+    assert_eq!(queue.len(), 1);
+    assert_eq!(take_id(&queue).await, Some(good));
+    assert!(queue.dead_letters().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn open_error_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let error = RetryQueue::open(RetryQueueConfig::new().path(&file)).unwrap_err();
+    assert_eq!(error.kind(), QueueErrorKind::Open);
+    assert!(
+        error.to_string().contains(&file.display().to_string()),
+        "{error}"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn queue_directory_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("queue");
+    let _queue = RetryQueue::open(RetryQueueConfig::new().path(&path)).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[tokio::test]
+async fn invalid_config_rejected_with_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (config(&dir).max_size(0), "max_size"),
+        (config(&dir).max_attempts(0), "max_attempts"),
+        (config(&dir).item_ttl(Duration::ZERO), "item_ttl"),
+        (
+            config(&dir).persist_sensitive_headers(["bad header"]),
+            "persist_sensitive_headers",
+        ),
+    ];
+    for (config, field) in cases {
+        let error = RetryQueue::open(config).unwrap_err();
+        assert_eq!(error.kind(), QueueErrorKind::InvalidConfig);
+        assert!(error.to_string().contains(field), "{error}");
+    }
+}
+
+#[test]
+fn config_defaults_and_file_fields() {
+    let defaults = RetryQueueConfig::default();
+    assert_eq!(defaults.max_size, 10_000);
+    assert_eq!(defaults.item_ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(defaults.max_body_bytes, 4 * 1024 * 1024);
+    assert_eq!(defaults.overflow, Overflow::DropOldest);
+    assert_eq!(
+        defaults.durability,
+        tower_quota_queue::retry_queue::Durability::Flush
+    );
+    assert!(defaults.path.ends_with("retry-queue"));
+    assert!(defaults.persist_sensitive_headers.is_empty());
+
+    let parsed: RetryQueueConfig = serde_json::from_str(
+        r#"{"path": "/tmp/q", "max_size": 5, "item_ttl": "90s", "max_body_bytes": 10,
+            "overflow": "reject_new", "durability": "periodic", "max_attempts": 3,
+            "persist_sensitive_headers": ["x-api-key"], "cache_capacity": 1048576}"#,
+    )
+    .unwrap();
+    assert_eq!(parsed.path, std::path::PathBuf::from("/tmp/q"));
+    assert_eq!(parsed.max_size, 5);
+    assert_eq!(parsed.item_ttl, Duration::from_secs(90));
+    assert_eq!(parsed.overflow, Overflow::RejectNew);
+    assert_eq!(
+        parsed.durability,
+        tower_quota_queue::retry_queue::Durability::Periodic
+    );
+    assert_eq!(parsed.max_attempts, 3);
+    assert_eq!(
+        parsed.persist_sensitive_headers,
+        vec!["x-api-key".to_owned()]
+    );
+    assert_eq!(parsed.cache_capacity, 1_048_576);
+
+    let unknown = serde_json::from_str::<RetryQueueConfig>(r#"{"max_sise": 5}"#);
+    assert!(unknown.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn stats_report_counts_and_oldest_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir).max_attempts(1)).unwrap();
+    queue.enqueue(item("a")).await.unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let b = queue.enqueue(item("b")).await.unwrap();
+    queue.enqueue(item("c")).await.unwrap();
+    let a = take_id(&queue).await.unwrap();
+    queue.nack(a, "gone", None).await.unwrap();
+    assert_eq!(take_id(&queue).await, Some(b));
+    tokio::time::advance(Duration::from_secs(5)).await;
+
+    let stats = queue.stats();
+    assert_eq!(stats.pending, 1);
+    assert_eq!(stats.in_flight, 1);
+    assert_eq!(stats.dead, 1);
+    assert_eq!(stats.max_size, 10_000);
+    assert_eq!(stats.item_ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(stats.oldest_age, Some(Duration::from_secs(5)));
+}
+
+#[tokio::test]
+async fn periodic_durability_survives_clean_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let periodic = || config(&dir).durability(tower_quota_queue::retry_queue::Durability::Periodic);
+    let id = {
+        let queue = RetryQueue::open(periodic()).unwrap();
+        queue.enqueue(item("a")).await.unwrap()
+    };
+    let queue = RetryQueue::open(periodic()).unwrap();
+    assert_eq!(take_id(&queue).await, Some(id));
+}
