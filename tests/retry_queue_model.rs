@@ -161,7 +161,10 @@ async fn run(ops: Vec<Op>) {
             Op::Take => {
                 let expected = model.take(now);
                 let taken = real.take().await.unwrap();
-                assert_eq!(taken.as_ref().map(QueuedRequest::id), expected.map(|item| item.id));
+                assert_eq!(
+                    taken.as_ref().map(QueuedRequest::id),
+                    expected.map(|item| item.id)
+                );
                 if let (Some(taken), Some(expected)) = (taken, expected) {
                     assert_eq!(taken.attempts(), expected.attempts, "step {step}");
                     assert_eq!(taken.enqueued_at(), expected.enqueued_at, "step {step}");
@@ -188,7 +191,11 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Advance(seconds) => tokio::time::advance(Duration::from_secs(seconds)).await,
             Op::PurgeStale => {
-                assert_eq!(real.purge_stale().unwrap(), model.purge_stale(now), "step {step}");
+                assert_eq!(
+                    real.purge_stale().unwrap(),
+                    model.purge_stale(now),
+                    "step {step}"
+                );
             }
             Op::Reopen => {
                 drop(queue.take());
@@ -198,8 +205,16 @@ async fn run(ops: Vec<Op>) {
         }
 
         let stats = queue.as_ref().unwrap().stats();
-        assert_eq!(stats.pending, model.ready.len(), "pending after step {step}");
-        assert_eq!(stats.in_flight, model.in_flight.len(), "in flight after step {step}");
+        assert_eq!(
+            stats.pending,
+            model.ready.len(),
+            "pending after step {step}"
+        );
+        assert_eq!(
+            stats.in_flight,
+            model.in_flight.len(),
+            "in flight after step {step}"
+        );
         assert_eq!(stats.dead, model.dead, "dead after step {step}");
     }
 }
