@@ -19,6 +19,7 @@ pub mod retry_queue;
 
 pub use partition::{ByAuthority, Partitioner};
 pub use quota::{QuotaLayer, QuotaTracker};
+pub use retry_queue::{RetryQueue, RetryQueueConfig, RetryQueueLayer};
 
 /// A boxed error, the error type that layers of this crate hand through from inner services.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
