@@ -40,7 +40,8 @@ fn warning_counter() -> &'static QuotaWarningCounter {
     })
 }
 
-/// A run of 40 requests: 10 succeed, 8 meet the outage, then the window of 30 runs out.
+/// Returns the settings of a 40-request run: 10 succeed, 8 meet the outage, then the window of 30
+/// runs out.
 fn small_config(dialect: Dialect, queue_dir: &std::path::Path) -> DemoConfig {
     DemoConfig {
         requests: 40,
@@ -68,8 +69,8 @@ async fn run_small(dialect: Dialect) -> summary::Summary {
         .expect("demo run completes")
 }
 
-/// Asserts what every dialect must show: nothing lost or answered twice, one warning for the
-/// requests dimension, and no API key in the queue's files.
+/// Asserts what every dialect must show: nothing lost or duplicated, one warning for the requests
+/// dimension, and no API key in the queue's files.
 fn assert_clean_run(summary: &summary::Summary) {
     assert_eq!(summary.sent, 40, "{summary}");
     assert_eq!(summary.delivery.lost, Vec::<String>::new(), "{summary}");

@@ -51,7 +51,7 @@ async fn send_and_replay(
     let request = Request::post(url).body(Full::new(body))?;
     match service.oneshot(request).await {
         Ok(response) => println!("status {}", response.status()),
-        Err(error) => println!("{error}"), // says whether and under which id it was queued
+        Err(error) => println!("{error}"), // the error states whether it was queued, and its id
     }
 
     // Later, once the upstream recovers: replay through the same stack below the queue.

@@ -10,14 +10,14 @@ use tower::{Service, ServiceExt};
 use tower_quota_queue::retry_queue::{QueuedId, RetryQueueError};
 use tower_quota_queue::BoxError;
 
-/// What happened to a request on its first attempt.
+/// The outcome of a request's first attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum FirstAttempt {
-    /// The server answered 200.
+    /// The server responded with 200.
     Succeeded,
     /// The request failed and the retry queue stored it.
     Queued(QueueCause),
-    /// The request failed and was not stored; the message says why.
+    /// The request failed and was not stored, for the reason in the message.
     NotQueued(String),
 }
 
@@ -51,13 +51,24 @@ pub(crate) fn add_credentials<B>(token: HeaderValue) -> impl Fn(Request<B>) -> R
     }
 }
 
-/// Returns the client-generated id of request number `index`.
-pub(crate) fn request_id(index: usize) -> String {
-    format!("req-{index:05}")
+/// Returns the client-generated ids of `count` requests, unique to this run.
+///
+/// The random run tag keeps items left in a reused queue directory by an earlier run apart from
+/// this run's requests in the server's ledger.
+pub(crate) fn request_ids(count: usize) -> Vec<String> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let tag = &run[..8];
+    (0..count)
+        .map(|index| format!("req-{tag}-{index:05}"))
+        .collect()
 }
 
 /// Builds one JSON chat completion request that carries its id in `metadata.request_id`.
-pub(crate) fn chat_request(endpoint: &str, index: usize) -> Result<Request<Full<Bytes>>, BoxError> {
+pub(crate) fn chat_request(
+    endpoint: &str,
+    request_id: &str,
+    index: usize,
+) -> Result<Request<Full<Bytes>>, BoxError> {
     let body = serde_json::json!({
         "model": "demo-chat-1",
         "messages": [{
@@ -65,7 +76,7 @@ pub(crate) fn chat_request(endpoint: &str, index: usize) -> Result<Request<Full<
             "content": format!("Summarize ticket {index} in one sentence."),
         }],
         "max_tokens": 64,
-        "metadata": {"request_id": request_id(index)},
+        "metadata": {"request_id": request_id},
     });
     let request = Request::builder()
         .method(Method::POST)
@@ -75,13 +86,13 @@ pub(crate) fn chat_request(endpoint: &str, index: usize) -> Result<Request<Full<
     Ok(request)
 }
 
-/// Sends `count` chat requests through `service` with at most `concurrency` in flight.
+/// Sends one chat request per id through `service` with at most `concurrency` in flight.
 ///
-/// Returns the outcome of each first attempt, indexed by request number.
+/// Returns the outcome of each first attempt, in the order of `request_ids`.
 pub(crate) async fn send_all<S, B>(
     service: S,
     endpoint: &str,
-    count: usize,
+    request_ids: &[String],
     concurrency: usize,
 ) -> Vec<FirstAttempt>
 where
@@ -92,17 +103,16 @@ where
     B::Data: Send,
     B::Error: Into<BoxError> + Send,
 {
+    let count = request_ids.len();
+    let request_ids: Arc<[String]> = request_ids.into();
     let next = Arc::new(AtomicUsize::new(0));
-    let outcomes = Arc::new(Mutex::new(vec![
-        FirstAttempt::NotQueued(
-            "not sent".to_owned()
-        );
-        count
-    ]));
+    let not_sent = FirstAttempt::NotQueued("not sent".to_owned());
+    let outcomes = Arc::new(Mutex::new(vec![not_sent; count]));
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
         let service = service.clone();
         let endpoint = endpoint.to_owned();
+        let request_ids = Arc::clone(&request_ids);
         let next = Arc::clone(&next);
         let outcomes = Arc::clone(&outcomes);
         senders.spawn(async move {
@@ -111,7 +121,8 @@ where
                 if index >= count {
                     break;
                 }
-                let outcome = send_one(service.clone(), &endpoint, index).await;
+                let request = chat_request(&endpoint, &request_ids[index], index);
+                let outcome = send_one(service.clone(), request).await;
                 if let Ok(mut outcomes) = outcomes.lock() {
                     outcomes[index] = outcome;
                 }
@@ -123,14 +134,14 @@ where
     outcomes.unwrap_or_default()
 }
 
-async fn send_one<S, B>(service: S, endpoint: &str, index: usize) -> FirstAttempt
+async fn send_one<S, B>(service: S, request: Result<Request<Full<Bytes>>, BoxError>) -> FirstAttempt
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     B: http_body::Body,
     B::Error: Into<BoxError>,
 {
-    let request = match chat_request(endpoint, index) {
+    let request = match request {
         Ok(request) => request,
         Err(error) => return FirstAttempt::NotQueued(error.to_string()),
     };

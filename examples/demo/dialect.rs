@@ -30,7 +30,7 @@ impl fmt::Display for Dialect {
     }
 }
 
-/// One quota dimension as the server sees it at the moment of a response.
+/// One quota dimension of the server at the moment of a response.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Window {
     pub(crate) limit: u64,
@@ -91,7 +91,7 @@ pub(crate) fn write_headers(dialect: Dialect, state: &QuotaState, headers: &mut 
 }
 
 fn insert(headers: &mut HeaderMap, name: &str, value: String) {
-    // Every name and value built here is ASCII, so parsing fails only on a bug in this file.
+    // The names and values built in this file are ASCII, so parsing them does not fail.
     if let (Ok(name), Ok(value)) = (
         HeaderName::try_from(name),
         HeaderValue::try_from(value.as_str()),

@@ -42,7 +42,7 @@ struct Args {
     /// Arrival number (starting at 1) of the first request that meets the outage.
     #[arg(long, default_value_t = 60)]
     outage_start: u64,
-    /// How the server fails during the outage.
+    /// Failure mode of the server during the outage.
     #[arg(long, value_enum, default_value_t = OutageMode::Mixed)]
     outage_mode: OutageMode,
     /// Format of the quota headers the server sends.
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_target(true))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(warnings.clone())
         .init();
 
@@ -100,7 +100,7 @@ async fn run(
     args: Args,
     warnings: &QuotaWarningCounter,
 ) -> Result<bool, tower_quota_queue::BoxError> {
-    // A temporary directory is removed when dropped unless `--keep` asks to keep it.
+    // The temporary directory is removed on drop unless `--keep` is given.
     let temp_dir = match &args.queue_dir {
         Some(_) => None,
         None => Some(tempfile::Builder::new().prefix("demo-queue-").tempdir()?),

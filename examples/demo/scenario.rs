@@ -68,8 +68,9 @@ pub(crate) async fn run(
         concurrency = config.concurrency,
         "sending chat completion requests"
     );
-    let outcomes = client::send_all(service, &endpoint, config.requests, config.concurrency).await;
-    log_first_attempts(&outcomes, queue.len());
+    let sent = client::request_ids(config.requests);
+    let outcomes = client::send_all(service, &endpoint, &sent, config.concurrency).await;
+    log_first_attempts(&sent, &outcomes, queue.len());
 
     let partition = endpoint_authority(&endpoint);
     let totals = replay::drain(
@@ -97,7 +98,6 @@ pub(crate) async fn run(
     let dead_lettered = queue.stats().dead;
     drop(queue);
 
-    let sent: Vec<String> = (0..config.requests).map(client::request_id).collect();
     let delivery = Delivery::check(&sent, &server.answered(), &stored_ids);
     Ok(Summary {
         dialect: config.server.dialect.to_string(),
@@ -123,10 +123,9 @@ pub(crate) async fn run(
     })
 }
 
-fn log_first_attempts(outcomes: &[FirstAttempt], pending: usize) {
-    for (index, outcome) in outcomes.iter().enumerate() {
+fn log_first_attempts(sent: &[String], outcomes: &[FirstAttempt], pending: usize) {
+    for (request_id, outcome) in sent.iter().zip(outcomes) {
         if let FirstAttempt::NotQueued(reason) = outcome {
-            let request_id = client::request_id(index);
             tracing::error!(%request_id, %reason, "request failed and was not queued");
         }
     }

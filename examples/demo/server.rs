@@ -21,10 +21,10 @@ use tower::ServiceExt;
 
 use crate::dialect::{self, Dialect, QuotaState, Window};
 
-/// How the server fails during its outage.
+/// The failure mode of the server during its outage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum OutageMode {
-    /// Answer `503 Service Unavailable`.
+    /// Respond with `503 Service Unavailable`.
     Unavailable,
     /// Close the connection without a response.
     Drop,
@@ -51,7 +51,7 @@ pub(crate) struct ServerConfig {
     pub(crate) api_key: String,
 }
 
-/// Counters that the server keeps about what it answered.
+/// Counts of the server's responses, by outcome.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ServerStats {
     /// Requests that arrived, including those that met the outage.
@@ -86,7 +86,7 @@ struct Accounting {
     input_tokens_used: u64,
     output_tokens_used: u64,
     stats: ServerStats,
-    /// How many times each request id was answered with 200.
+    /// The number of 200 responses per request id.
     answered: HashMap<String, u32>,
 }
 
@@ -127,7 +127,7 @@ impl FakeLlmServer {
         self.shared.lock().stats.clone()
     }
 
-    /// Returns how many times each request id was answered with 200.
+    /// Returns the number of 200 responses per request id.
     pub(crate) fn answered(&self) -> HashMap<String, u32> {
         self.shared.lock().answered.clone()
     }

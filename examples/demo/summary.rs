@@ -12,18 +12,18 @@ use crate::server::ServerStats;
 /// The result of comparing the ids the client sent with the server's ledger and the queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Delivery {
-    /// Ids answered with 200 exactly once and no longer queued.
+    /// Ids with exactly one 200 response that are no longer queued.
     pub(crate) delivered: usize,
-    /// Ids never answered with 200 that are still in the queue.
+    /// Ids without a 200 response that are still in the queue or its dead letters.
     pub(crate) still_queued: usize,
-    /// Ids never answered with 200 and not in the queue.
+    /// Ids without a 200 response that are not in the queue.
     pub(crate) lost: Vec<String>,
-    /// Ids answered with 200 more than once, or answered and still queued for another replay.
+    /// Ids with more than one 200 response, or with one and still queued for another replay.
     pub(crate) duplicated: Vec<String>,
 }
 
 impl Delivery {
-    /// Checks that every sent id was answered with 200 exactly once or is still in the queue.
+    /// Sorts every sent id into delivered, still queued, lost or duplicated.
     pub(crate) fn check(
         sent: &[String],
         answered: &HashMap<String, u32>,
@@ -43,7 +43,7 @@ impl Delivery {
         delivery
     }
 
-    /// Returns whether any id was lost or answered twice.
+    /// Returns whether any id was lost or duplicated.
     pub(crate) fn failed(&self) -> bool {
         !self.lost.is_empty() || !self.duplicated.is_empty()
     }
@@ -72,7 +72,7 @@ pub(crate) struct Summary {
     /// Items in the dead-letter tree at the end of the run.
     pub(crate) dead_lettered: usize,
     pub(crate) delivery: Delivery,
-    /// What the server answered, replays included.
+    /// The server's response counts, replays included.
     pub(crate) server: ServerStats,
     pub(crate) quota_warnings: usize,
     pub(crate) quota: Vec<DimensionStatus>,
@@ -92,72 +92,78 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let delivery = &self.delivery;
         writeln!(f, "demo summary ({} headers)", self.dialect)?;
-        writeln!(f, "  requests sent           {:>6}", self.sent)?;
-        writeln!(
-            f,
-            "  succeeded first time    {:>6}",
-            self.succeeded_first_time
-        )?;
-        write!(f, "  queued                  {:>6}", self.queued)?;
+        self.fmt_requests(f)?;
+        self.fmt_delivery(f)?;
+        self.fmt_quota(f)?;
+        let secret = if self.secret_on_disk { "FOUND" } else { "none" };
+        row(f, "API key in queue files", secret)?;
+        let kept = if self.queue_dir_kept {
+            "kept"
+        } else {
+            "removed, pass --keep to keep it"
+        };
+        let queue_dir = format!("{} ({kept})", self.queue_dir.display());
+        row(f, "queue directory", queue_dir)?;
+        let elapsed = format!("{:.1} s", self.elapsed.as_secs_f64());
+        write!(f, "  {:<24}{elapsed}", "elapsed")
+    }
+}
+
+impl Summary {
+    fn fmt_requests(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        row(f, "requests sent", self.sent)?;
+        row(f, "succeeded first time", self.succeeded_first_time)?;
         let causes: Vec<String> = self
             .queued_by_cause
             .iter()
             .map(|(cause, count)| format!("{count} {cause}"))
             .collect();
         if causes.is_empty() {
-            writeln!(f)?;
+            row(f, "queued", self.queued)?;
         } else {
-            writeln!(f, "  ({})", causes.join(", "))?;
+            let queued = format!("{} ({})", self.queued, causes.join(", "));
+            row(f, "queued", queued)?;
         }
-        writeln!(f, "  failed, not queued      {:>6}", self.not_queued)?;
-        writeln!(
-            f,
-            "  replayed                {:>6}  ({} replay attempts failed and were requeued)",
+        row(f, "failed, not queued", self.not_queued)?;
+        let replayed = format!(
+            "{} ({} replays failed and were requeued)",
             self.replay.replayed, self.replay.failed_attempts
-        )?;
-        writeln!(f, "  expired                 {:>6}", self.replay.expired)?;
-        writeln!(f, "  dead-lettered           {:>6}", self.dead_lettered)?;
-        writeln!(f, "  still queued            {:>6}", delivery.still_queued)?;
-        writeln!(
-            f,
-            "  lost                    {:>6}  (server ledger: each id answered 200 once or still queued)",
-            delivery.lost.len()
-        )?;
-        writeln!(
-            f,
-            "  answered twice          {:>6}",
-            delivery.duplicated.len()
-        )?;
-        let server = &self.server;
-        writeln!(
-            f,
-            "  server answers          {} ok, {} rate limited (429), {} unavailable (503), {} dropped, {} unauthorized",
-            server.ok, server.rate_limited, server.unavailable, server.dropped, server.unauthorized
-        )?;
-        writeln!(f, "  quota warnings          {:>6}", self.quota_warnings)?;
-        for status in &self.quota {
-            writeln!(f, "  quota {:<17} {}", status.dimension, QuotaLine(status))?;
-        }
-        let secret = if self.secret_on_disk { "FOUND" } else { "none" };
-        writeln!(f, "  API key in queue files  {secret:>6}")?;
-        let kept = if self.queue_dir_kept {
-            "kept"
-        } else {
-            "removed, pass --keep to keep it"
-        };
-        writeln!(
-            f,
-            "  queue directory         {} ({kept})",
-            self.queue_dir.display()
-        )?;
-        write!(
-            f,
-            "  elapsed                 {:>6.1} s",
-            self.elapsed.as_secs_f64()
-        )
+        );
+        row(f, "replayed", replayed)?;
+        row(f, "expired", self.replay.expired)?;
+        row(f, "dead-lettered", self.dead_lettered)
     }
+
+    fn fmt_delivery(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let delivery = &self.delivery;
+        row(f, "still queued", delivery.still_queued)?;
+        let lost = format!(
+            "{} (server ledger: every id got one 200 or is still queued)",
+            delivery.lost.len()
+        );
+        row(f, "lost", lost)?;
+        row(f, "duplicated", delivery.duplicated.len())?;
+        let server = &self.server;
+        let answers = format!(
+            "{} ok, {} rate limited (429), {} unavailable (503), {} dropped, {} unauthorized",
+            server.ok, server.rate_limited, server.unavailable, server.dropped, server.unauthorized
+        );
+        row(f, "server responses", answers)
+    }
+
+    fn fmt_quota(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        row(f, "quota warnings", self.quota_warnings)?;
+        for status in &self.quota {
+            row(f, &format!("quota {}", status.dimension), QuotaLine(status))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one line of the summary: a label padded to a column, then the value.
+fn row(f: &mut fmt::Formatter<'_>, label: &str, value: impl fmt::Display) -> fmt::Result {
+    writeln!(f, "  {label:<24}{value}")
 }
 
 impl fmt::Display for QueueCause {
@@ -178,7 +184,7 @@ impl fmt::Display for QuotaLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let status = self.0;
         match status.usage {
-            Some(usage) => write!(f, "{:>5.1}% used", usage * 100.0)?,
+            Some(usage) => write!(f, "{:.1}% used", usage * 100.0)?,
             None => write!(f, "usage unknown")?,
         }
         if let (Some(remaining), Some(limit)) = (status.remaining, status.limit) {
