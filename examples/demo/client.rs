@@ -9,14 +9,15 @@ use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
 use tower_quota_queue::retry_queue::{QueuedId, RetryQueueError};
 use tower_quota_queue::BoxError;
+use uuid::Uuid;
 
 /// The outcome of a request's first attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum FirstAttempt {
     /// The server responded with 200.
     Succeeded,
-    /// The request failed and the retry queue stored it.
-    Queued(QueueCause),
+    /// The request failed and the retry queue stored it under this id.
+    Queued(QueueCause, Uuid),
     /// The request failed and was not stored, for the reason in the message.
     NotQueued(String),
 }
@@ -123,6 +124,7 @@ where
                 }
                 let request = chat_request(&endpoint, &request_ids[index], index);
                 let outcome = send_one(service.clone(), request).await;
+                log_outcome(&request_ids[index], &outcome);
                 if let Ok(mut outcomes) = outcomes.lock() {
                     outcomes[index] = outcome;
                 }
@@ -151,22 +153,34 @@ where
     }
 }
 
+fn log_outcome(request_id: &str, outcome: &FirstAttempt) {
+    match outcome {
+        FirstAttempt::Succeeded => {}
+        FirstAttempt::Queued(cause, id) => {
+            tracing::info!(request_id, queued_id = %id, "request failed ({cause}), queued for replay");
+        }
+        FirstAttempt::NotQueued(reason) => {
+            tracing::error!(request_id, %reason, "request failed and was not queued");
+        }
+    }
+}
+
 async fn classify_response<B>(response: Response<B>) -> FirstAttempt
 where
     B: http_body::Body,
     B::Error: Into<BoxError>,
 {
     let status = response.status();
-    let queued = response.extensions().get::<QueuedId>().is_some();
+    let queued = response.extensions().get::<QueuedId>().copied();
     // Read the body to the end so that the connection returns to the pool.
     let body = response.into_body().collect().await;
-    if queued {
+    if let Some(QueuedId(id)) = queued {
         let cause = match status {
             StatusCode::TOO_MANY_REQUESTS => QueueCause::RateLimited,
             StatusCode::SERVICE_UNAVAILABLE => QueueCause::Unavailable,
             _ => QueueCause::OtherStatus,
         };
-        return FirstAttempt::Queued(cause);
+        return FirstAttempt::Queued(cause, id);
     }
     match (status, body) {
         (StatusCode::OK, Ok(_)) => FirstAttempt::Succeeded,
@@ -182,7 +196,7 @@ fn classify_error(error: BoxError) -> FirstAttempt {
         .downcast_ref::<RetryQueueError>()
         .and_then(RetryQueueError::queued_id);
     match queued {
-        Some(_) => FirstAttempt::Queued(QueueCause::ConnectionError),
+        Some(id) => FirstAttempt::Queued(QueueCause::ConnectionError, id),
         None => FirstAttempt::NotQueued(error.to_string()),
     }
 }

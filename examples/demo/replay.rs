@@ -9,7 +9,7 @@ use http_body_util::Full;
 use tokio::time::Instant;
 use tower::Service;
 use tower_quota_queue::quota::QuotaTracker;
-use tower_quota_queue::retry_queue::{QueuedRequest, RetryQueue};
+use tower_quota_queue::retry_queue::{Backoff, QueuedRequest, RetryQueue};
 use tower_quota_queue::{clock, BoxError};
 
 /// The counts of all replay rounds together.
@@ -21,64 +21,78 @@ pub(crate) struct ReplayTotals {
     pub(crate) expired: usize,
 }
 
-/// The shortest pause between replay rounds, so an item that keeps failing cannot spin the loop.
-const MIN_PAUSE: Duration = Duration::from_millis(50);
+/// How often the demo checks whether the worker has emptied the queue.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Replays the queue through `service` until it is empty or `timeout` has passed.
+/// How often the demo logs the replay's progress.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Replays the queue with a background [`ReplayWorker`](tower_quota_queue::retry_queue::ReplayWorker)
+/// until the queue is empty or `timeout` has passed, then shuts the worker down.
 ///
-/// Before each round it waits while `tracker` reports `partition` exhausted, so no replay is
-/// spent on a window the server has already closed.
+/// The worker skips the partition while `tracker` reports it exhausted, so no replay is spent on
+/// a window the server has already closed.
 pub(crate) async fn drain<S, B>(
     queue: &RetryQueue,
-    service: &mut S,
+    service: S,
     tracker: &QuotaTracker,
-    partition: &str,
+    concurrency: usize,
     timeout: Duration,
 ) -> Result<ReplayTotals, BoxError>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
     S::Error: Into<BoxError>,
+    B: Send + 'static,
 {
+    let worker = queue
+        .replay_worker(service)
+        .concurrency(concurrency)
+        .backoff(Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
+        .quota_tracker(tracker.clone())
+        .spawn();
     let deadline = Instant::now() + timeout;
-    let mut totals = ReplayTotals::default();
+    let mut next_progress = Instant::now() + PROGRESS_INTERVAL;
     while !queue.is_empty() && Instant::now() < deadline {
-        if let Some(blocked_until) = tracker.blocked_until(partition) {
-            let wake_at = clock::instant_at(blocked_until).min(deadline);
-            tracing::info!(
-                partition,
-                pending = queue.len(),
-                wait_ms = wake_at
-                    .saturating_duration_since(Instant::now())
-                    .as_millis() as u64,
-                "quota exhausted, pausing the replay until the window resets"
-            );
-            tokio::time::sleep_until(wake_at).await;
-            continue;
+        tokio::time::sleep(POLL_INTERVAL).await;
+        if Instant::now() >= next_progress {
+            next_progress += PROGRESS_INTERVAL;
+            log_progress(queue, tracker);
         }
-        let report = queue.process_all(service).await?;
-        totals.replayed += report.succeeded;
-        totals.failed_attempts += report.failed;
-        totals.dead_lettered += report.dead_lettered;
-        totals.expired += report.expired;
-        if queue.is_empty() {
-            break;
-        }
-        // Items that got a 429 wait for their Retry-After; the rest wait a short pause.
-        let wake_at = queue
-            .next_ready_at()
-            .map_or(Instant::now(), clock::instant_at)
-            .max(Instant::now() + MIN_PAUSE)
-            .min(deadline);
-        tracing::info!(
-            pending = queue.len(),
-            wait_ms = wake_at
-                .saturating_duration_since(Instant::now())
-                .as_millis() as u64,
-            "waiting before the next replay round"
-        );
-        tokio::time::sleep_until(wake_at).await;
     }
-    Ok(totals)
+    if !queue.is_empty() {
+        tracing::warn!(
+            pending = queue.len(),
+            timeout_secs = timeout.as_secs(),
+            "replay timed out with items still queued"
+        );
+    }
+    let report = worker.shutdown().await;
+    Ok(ReplayTotals {
+        replayed: report.succeeded,
+        failed_attempts: report.failed,
+        dead_lettered: report.dead_lettered,
+        expired: report.expired,
+    })
+}
+
+fn log_progress(queue: &RetryQueue, tracker: &QuotaTracker) {
+    let now = clock::now();
+    let blocked_ms = tracker
+        .snapshot()
+        .iter()
+        .filter_map(|partition| partition.blocked_until)
+        .filter_map(|until| until.duration_since(now).ok())
+        .max()
+        .map_or(0, |wait| wait.as_millis() as u64);
+    tracing::info!(
+        pending = queue.len(),
+        quota_blocked_ms = blocked_ms,
+        "replay in progress"
+    );
 }
 
 /// Returns the request id inside a queued chat request's JSON body.

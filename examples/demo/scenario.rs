@@ -59,7 +59,7 @@ pub(crate) async fn run(
     let service = ServiceBuilder::new()
         .layer(RetryQueueLayer::new(queue.clone()))
         .service(upstream.clone());
-    let mut replay_service = ServiceBuilder::new()
+    let replay_service = ServiceBuilder::new()
         .map_request(|request: Request<Full<Bytes>>| request.map(QueueBody::from))
         .service(upstream);
 
@@ -70,14 +70,14 @@ pub(crate) async fn run(
     );
     let sent = client::request_ids(config.requests);
     let outcomes = client::send_all(service, &endpoint, &sent, config.concurrency).await;
-    log_first_attempts(&sent, &outcomes, queue.len());
+    log_first_attempts(&outcomes, queue.len());
 
     let partition = endpoint_authority(&endpoint);
     let totals = replay::drain(
         &queue,
-        &mut replay_service,
+        replay_service,
         &tracker,
-        &partition,
+        config.concurrency,
         config.replay_timeout,
     )
     .await?;
@@ -104,7 +104,7 @@ pub(crate) async fn run(
         sent: outcomes.len(),
         succeeded_first_time: count(&outcomes, |outcome| *outcome == FirstAttempt::Succeeded),
         queued: count(&outcomes, |outcome| {
-            matches!(outcome, FirstAttempt::Queued(_))
+            matches!(outcome, FirstAttempt::Queued(..))
         }),
         queued_by_cause: queued_by_cause(&outcomes),
         not_queued: count(&outcomes, |outcome| {
@@ -123,21 +123,12 @@ pub(crate) async fn run(
     })
 }
 
-fn log_first_attempts(sent: &[String], outcomes: &[FirstAttempt], pending: usize) {
-    for (request_id, outcome) in sent.iter().zip(outcomes) {
-        if let FirstAttempt::NotQueued(reason) = outcome {
-            tracing::error!(%request_id, %reason, "request failed and was not queued");
-        }
-    }
-    tracing::info!(
-        succeeded = count(outcomes, |outcome| *outcome == FirstAttempt::Succeeded),
-        queued = count(outcomes, |outcome| matches!(
-            outcome,
-            FirstAttempt::Queued(_)
-        )),
-        pending,
-        "first attempts finished"
-    );
+fn log_first_attempts(outcomes: &[FirstAttempt], pending: usize) {
+    let succeeded = count(outcomes, |outcome| *outcome == FirstAttempt::Succeeded);
+    let queued = count(outcomes, |outcome| {
+        matches!(outcome, FirstAttempt::Queued(..))
+    });
+    tracing::info!(succeeded, queued, pending, "first attempts finished");
 }
 
 /// Returns every quota dimension of `partition` as the tracker saw it last.
@@ -169,7 +160,7 @@ fn count(outcomes: &[FirstAttempt], predicate: impl Fn(&FirstAttempt) -> bool) -
 fn queued_by_cause(outcomes: &[FirstAttempt]) -> Vec<(QueueCause, usize)> {
     let mut counts = std::collections::BTreeMap::new();
     for outcome in outcomes {
-        if let FirstAttempt::Queued(cause) = outcome {
+        if let FirstAttempt::Queued(cause, _) = outcome {
             *counts.entry(*cause).or_insert(0) += 1;
         }
     }

@@ -117,7 +117,7 @@ impl Summary {
         let causes: Vec<String> = self
             .queued_by_cause
             .iter()
-            .map(|(cause, count)| format!("{count} {cause}"))
+            .map(|(cause, count)| format!("{cause}: {count}"))
             .collect();
         if causes.is_empty() {
             row(f, "queued", self.queued)?;
@@ -169,10 +169,10 @@ fn row(f: &mut fmt::Formatter<'_>, label: &str, value: impl fmt::Display) -> fmt
 impl fmt::Display for QueueCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let cause = match self {
-            Self::RateLimited => "on 429",
-            Self::Unavailable => "on 503",
-            Self::OtherStatus => "on another retryable status",
-            Self::ConnectionError => "on connection errors",
+            Self::RateLimited => "429",
+            Self::Unavailable => "503",
+            Self::OtherStatus => "other retryable status",
+            Self::ConnectionError => "connection error",
         };
         f.write_str(cause)
     }
