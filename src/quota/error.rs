@@ -94,3 +94,42 @@ impl QuotaExhausted {
 #[derive(Clone, Copy, Debug, thiserror::Error)]
 #[error("quota response future polled after it completed")]
 pub(crate) struct PolledAfterCompletion;
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::{ConfigError, QuotaExhausted};
+
+    #[test]
+    fn config_error_names_value() {
+        let error = ConfigError::WarningThreshold { value: 1.5 };
+        assert_eq!(
+            error.to_string(),
+            "invalid warning_threshold 1.5: expected a fraction above 0 and at most 1"
+        );
+        let error = ConfigError::LocalLimit {
+            limit: 0,
+            window: Duration::from_secs(60),
+        };
+        assert_eq!(error.field(), "local_limit");
+        assert_eq!(
+            error.to_string(),
+            "invalid local_limit of 0 per 60s: expected a limit of at least 1 and a window longer \
+             than zero"
+        );
+    }
+
+    #[test]
+    fn quota_exhausted_shows_deadline() {
+        let deadline = UNIX_EPOCH + Duration::from_secs(1_710_504_030);
+        let error = QuotaExhausted::new("api.example.com".to_owned(), deadline);
+        assert_eq!(error.partition(), "api.example.com");
+        assert_eq!(error.deadline(), deadline);
+        assert_eq!(
+            error.to_string(),
+            "rate-limit quota of partition \"api.example.com\" is exhausted until \
+             2024-03-15T12:00:30Z"
+        );
+    }
+}

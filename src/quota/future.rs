@@ -22,6 +22,23 @@ pin_project! {
     ///
     /// It reads the status and headers of the response into the tracker and passes the result
     /// through unchanged.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use tower::Service;
+    /// use tower_quota_queue::quota::future::ResponseFuture;
+    /// use tower_quota_queue::quota::QuotaService;
+    ///
+    /// fn send<S>(service: &mut QuotaService<S>, request: Request<()>) -> ResponseFuture<S::Future>
+    /// where
+    ///     S: Service<Request<()>, Response = Response<()>>,
+    /// {
+    ///     service.call(request)
+    /// }
+    /// # let _ = send::<tower::util::BoxService<Request<()>, Response<()>, std::io::Error>>;
+    /// ```
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
@@ -64,6 +81,28 @@ pin_project! {
     ///
     /// It fails with [`QuotaExhausted`], waits for a partition's deadline before sending, or
     /// sends at once, and then reads the response into the tracker like [`ResponseFuture`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use tower::Service;
+    /// use tower_quota_queue::quota::future::EnforceResponseFuture;
+    /// use tower_quota_queue::quota::EnforceQuotaService;
+    /// use tower_quota_queue::BoxError;
+    ///
+    /// fn send<S>(
+    ///     service: &mut EnforceQuotaService<S>,
+    ///     request: Request<()>,
+    /// ) -> EnforceResponseFuture<S, Request<()>>
+    /// where
+    ///     S: Service<Request<()>, Response = Response<()>> + Clone,
+    ///     S::Error: Into<BoxError>,
+    /// {
+    ///     service.call(request)
+    /// }
+    /// # let _ = send::<tower::util::BoxCloneService<Request<()>, Response<()>, BoxError>>;
+    /// ```
     pub struct EnforceResponseFuture<S, Req>
     where
         S: Service<Req>,

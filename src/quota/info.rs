@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-/// Where the numbers of a [`QuotaInfo`] come from.
+/// The origin of the numbers in a [`QuotaInfo`].
 ///
 /// # Example
 ///
@@ -63,7 +63,7 @@ pub struct QuotaInfo {
     pub usage: Option<f64>,
     /// The deadline from a `Retry-After` header or a 429 response, while it is in the future.
     pub retry_after: Option<SystemTime>,
-    /// Where the numbers come from.
+    /// The origin of the numbers.
     pub source: QuotaSource,
 }
 

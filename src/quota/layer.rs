@@ -53,8 +53,8 @@ impl QuotaLayer {
         Self { tracker }
     }
 
-    /// Turns this layer into one that also holds back requests to exhausted partitions, as
-    /// `enforcement` says.
+    /// Turns this layer into one that also holds back requests to exhausted partitions in the way
+    /// `enforcement` selects.
     pub fn enforce(self, enforcement: Enforcement) -> EnforceQuotaLayer {
         EnforceQuotaLayer {
             tracker: self.tracker,
@@ -71,7 +71,7 @@ impl<S> Layer<S> for QuotaLayer {
     }
 }
 
-/// What an enforcing layer does with a request to a partition whose quota is exhausted.
+/// The action an enforcing layer takes on a request to a partition whose quota is exhausted.
 ///
 /// A partition is exhausted while [`QuotaTracker::blocked_until`] returns a deadline.
 ///
@@ -92,7 +92,7 @@ pub enum Enforcement {
     /// `max_wait` away, in which case the request fails at once with
     /// [`QuotaExhausted`](super::QuotaExhausted).
     Wait {
-        /// The longest wait before a request is sent.
+        /// The maximum wait before a request is sent.
         max_wait: Duration,
     },
     /// Fails the request at once with [`QuotaExhausted`](super::QuotaExhausted).

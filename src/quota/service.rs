@@ -96,7 +96,7 @@ fn partition_of<B>(tracker: &QuotaTracker, request: &Request<B>) -> Arc<Partitio
 }
 
 /// A service that tracks quotas like [`QuotaService`] and holds back requests to partitions whose
-/// quota is exhausted, as its [`Enforcement`] says.
+/// quota is exhausted, in the way its [`Enforcement`] selects.
 ///
 /// The inner service must be `Clone`: a request that waits takes the inner service that
 /// `poll_ready` prepared into its future and leaves a clone behind. Created by
@@ -130,7 +130,7 @@ pub struct EnforceQuotaService<S> {
 }
 
 impl<S> EnforceQuotaService<S> {
-    /// Wraps `inner`, reporting into `tracker` and enforcing its quotas as `enforcement` says.
+    /// Wraps `inner`, reporting into `tracker` and enforcing its quotas in the way `enforcement` selects.
     pub fn new(inner: S, tracker: QuotaTracker, enforcement: Enforcement) -> Self {
         Self {
             inner,
@@ -193,5 +193,84 @@ where
                 EnforceResponseFuture::rejected(error)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{HeaderMap, Request, Response, StatusCode};
+    use tower_test::mock;
+
+    use super::{EnforceQuotaService, QuotaService};
+    use crate::quota::{Enforcement, QuotaTracker};
+
+    const PARTITION: &str = "api.example.com";
+
+    fn request() -> Request<()> {
+        let mut request = Request::new(());
+        *request.uri_mut() = "https://api.example.com/v1".parse().expect("valid uri");
+        request
+    }
+
+    #[tokio::test]
+    async fn poll_ready_follows_inner_readiness() {
+        let (inner, mut handle) = mock::pair::<Request<()>, Response<()>>();
+        let mut service = mock::Spawn::new(QuotaService::new(inner, QuotaTracker::new()));
+
+        handle.allow(0);
+        assert!(service.poll_ready().is_pending());
+        handle.allow(1);
+        assert!(service.poll_ready().is_ready());
+    }
+
+    #[tokio::test]
+    async fn response_headers_update_partition() {
+        let tracker = QuotaTracker::new();
+        let (inner, mut handle) = mock::pair::<Request<()>, Response<()>>();
+        let mut service = mock::Spawn::new(QuotaService::new(inner, tracker.clone()));
+
+        handle.allow(1);
+        assert!(service.poll_ready().is_ready());
+        let future = service.call(request());
+        let (received, respond) = handle.next_request().await.expect("request forwarded");
+        assert_eq!(received.uri(), "https://api.example.com/v1");
+        let response = Response::builder()
+            .header("x-ratelimit-limit", "10")
+            .header("x-ratelimit-remaining", "5")
+            .body(())
+            .expect("valid response");
+        respond.send_response(response);
+
+        future.await.expect("response passed through");
+        let status = tracker.status_of(PARTITION).expect("partition seen");
+        assert_eq!(status.usage, Some(0.5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_request_sent_after_deadline() {
+        let tracker = QuotaTracker::new();
+        let mut retry = HeaderMap::new();
+        retry.insert("retry-after", "5".parse().expect("valid value"));
+        tracker.record_response(PARTITION, StatusCode::TOO_MANY_REQUESTS, &retry);
+
+        let (inner, mut handle) = mock::pair::<Request<()>, Response<()>>();
+        let enforcement = Enforcement::Wait {
+            max_wait: Duration::from_secs(10),
+        };
+        let mut service = mock::Spawn::new(EnforceQuotaService::new(inner, tracker, enforcement));
+        handle.allow(1);
+        assert!(service.poll_ready().is_ready());
+        let waiting = tokio::spawn(service.call(request()));
+
+        tokio::time::sleep(Duration::from_millis(4_999)).await;
+        assert!(handle.poll_request().is_pending());
+
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (_, respond) = handle.next_request().await.expect("request sent");
+        respond.send_response(Response::new(()));
+        let response = waiting.await.expect("task finished").expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
     }
 }

@@ -270,7 +270,7 @@ impl QuotaTrackerBuilder {
     }
 
     /// Counts requests locally, allowing `limit` requests per fixed `window`, for partitions whose
-    /// server sends no rate-limit headers. Once a partition sees rate-limit headers, they take
+    /// server sends no rate-limit headers. Once rate-limit headers arrive for a partition, they take
     /// precedence.
     ///
     /// Defaults to no local limit.

@@ -20,11 +20,11 @@ use tower_quota_queue::quota::{
 
 use crate::capture::Warnings;
 
-/// Requests the loopback server has answered.
+/// The number of requests the loopback server has handled.
 #[derive(Clone, Default)]
 struct Served(Arc<AtomicU64>);
 
-/// Answers with OpenAI-style headers: 10 requests per window, one fewer left per request.
+/// Responds with OpenAI-style headers: 10 requests per window, one fewer left per request.
 async fn openai(State(served): State<Served>) -> (HeaderMap, &'static str) {
     let count = served.0.fetch_add(1, Ordering::SeqCst) + 1;
     let mut headers = HeaderMap::new();
@@ -56,7 +56,7 @@ async fn openai(State(served): State<Served>) -> (HeaderMap, &'static str) {
     (headers, "ok")
 }
 
-/// Answers like Shopify when throttled: 429 with `Retry-After: 60` and a call limit of `1/40`.
+/// Responds like Shopify when throttled: 429 with `Retry-After: 60` and a call limit of `1/40`.
 async fn throttled(State(served): State<Served>) -> (StatusCode, HeaderMap) {
     served.0.fetch_add(1, Ordering::SeqCst);
     let mut headers = HeaderMap::new();

@@ -19,7 +19,7 @@ fn request() -> Request<String> {
         .expect("valid request")
 }
 
-/// An inner service that answers the first request with 429 and `Retry-After: 30`, and every
+/// An inner service that responds to the first request with 429 and `Retry-After: 30`, and every
 /// later one with 200. It counts the requests it receives.
 fn rate_limited_once(
     calls: Arc<AtomicUsize>,
