@@ -49,7 +49,7 @@ pub struct QuotaLayer {
 
 impl QuotaLayer {
     /// Creates a layer that reports into `tracker`.
-    pub fn new(tracker: QuotaTracker) -> Self {
+    pub const fn new(tracker: QuotaTracker) -> Self {
         Self { tracker }
     }
 
@@ -91,6 +91,9 @@ pub enum Enforcement {
     /// Waits until the deadline and then sends the request, unless the deadline is more than
     /// `max_wait` away, in which case the request fails at once with
     /// [`QuotaExhausted`](super::QuotaExhausted).
+    ///
+    /// Waiting uses a Tokio timer, so requests must be sent inside a Tokio runtime with the time
+    /// driver enabled.
     Wait {
         /// The maximum wait before a request is sent.
         max_wait: Duration,

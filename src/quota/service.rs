@@ -11,7 +11,7 @@ use super::future::{EnforceResponseFuture, ResponseFuture};
 use super::layer::Enforcement;
 use super::state::PartitionState;
 use super::tracker::QuotaTracker;
-use crate::{clock, BoxError};
+use crate::BoxError;
 
 /// A service that reads the rate-limit headers of every response into a [`QuotaTracker`].
 ///
@@ -175,8 +175,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let state = partition_of(&self.tracker, &request);
-        let now = clock::now();
-        let Some(deadline) = state.blocked_until(now) else {
+        let Some((deadline, now)) = state.blocked_until_now() else {
             state.record_request();
             return EnforceResponseFuture::calling(self.inner.call(request), state);
         };

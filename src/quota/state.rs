@@ -1,5 +1,6 @@
 //! Per-partition quota state and the rules that update it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -16,7 +17,7 @@ pub(crate) const BACKOFF_WITHOUT_DEADLINE: Duration = Duration::from_secs(1);
 /// The dimension name that the local request count reports.
 pub(crate) const LOCAL_DIMENSION: &str = "requests";
 
-/// Dimensions kept per partition; further ones are ignored with a `debug!` event. This bounds
+/// Dimensions kept per partition. Further ones are ignored with a `debug!` event, which bounds
 /// memory when a server names a new dimension per route, as Discord buckets do.
 const MAX_DIMENSIONS_PER_PARTITION: usize = 64;
 
@@ -40,6 +41,9 @@ pub(crate) struct PartitionState {
     key: String,
     settings: Settings,
     inner: Mutex<PartitionInner>,
+    /// `false` when the last look under the lock found nothing that blocks requests, so the
+    /// enforcing service can skip the lock and the clock. Written only while holding the lock.
+    may_block: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +89,7 @@ impl PartitionState {
             key: key.to_owned(),
             settings,
             inner: Mutex::new(PartitionInner::default()),
+            may_block: AtomicBool::new(false),
         }
     }
 
@@ -100,19 +105,22 @@ impl PartitionState {
     /// Reads the quota headers and status of a response. Returns `true` when the headers carried
     /// quota information.
     pub(crate) fn observe(&self, status: StatusCode, headers: &HeaderMap) -> bool {
-        let now = clock::now();
-        let parsed = headers::parse(headers, now);
+        let parsed = headers::parse_with_clock(headers, clock::now);
         if parsed.is_empty() && status != StatusCode::TOO_MANY_REQUESTS {
             return false;
         }
+        let now = parsed.now.unwrap_or_else(clock::now);
         let mut crossings = Vec::new();
-        self.lock().apply(
+        let mut inner = self.lock();
+        inner.apply(
             &parsed,
             status,
             now,
             self.settings.warning_threshold,
             &mut crossings,
         );
+        self.update_may_block(&inner, now);
+        drop(inner);
         self.log_crossings(&crossings, now);
         !parsed.is_empty()
     }
@@ -123,9 +131,10 @@ impl PartitionState {
             return;
         };
         let now = clock::now();
-        let crossing = self
-            .lock()
-            .record_request(limit, now, self.settings.warning_threshold);
+        let mut inner = self.lock();
+        let crossing = inner.record_request(limit, now, self.settings.warning_threshold);
+        self.update_may_block(&inner, now);
+        drop(inner);
         if let Some(crossing) = crossing {
             self.log_crossings(std::slice::from_ref(&crossing), now);
         }
@@ -134,7 +143,27 @@ impl PartitionState {
     /// Returns the deadline before which a request would be rejected, or `None` when requests may
     /// go now.
     pub(crate) fn blocked_until(&self, now: SystemTime) -> Option<SystemTime> {
-        self.lock().blocked_until(self.settings.local_limit, now)
+        let inner = self.lock();
+        let deadline = inner.blocked_until(self.settings.local_limit, now);
+        self.may_block.store(deadline.is_some(), Ordering::Relaxed);
+        deadline
+    }
+
+    /// Returns the deadline before which a request would be rejected, skipping the lock and the
+    /// clock while the last update found nothing that blocks.
+    pub(crate) fn blocked_until_now(&self) -> Option<(SystemTime, SystemTime)> {
+        if !self.may_block.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = clock::now();
+        self.blocked_until(now).map(|deadline| (deadline, now))
+    }
+
+    fn update_may_block(&self, inner: &PartitionInner, now: SystemTime) {
+        let blocked = inner
+            .blocked_until(self.settings.local_limit, now)
+            .is_some();
+        self.may_block.store(blocked, Ordering::Relaxed);
     }
 
     /// Returns the most used dimension.
@@ -175,7 +204,9 @@ impl PartitionState {
 
     /// Forgets everything this partition has seen and counted.
     pub(crate) fn reset(&self) {
-        *self.lock() = PartitionInner::default();
+        let mut inner = self.lock();
+        *inner = PartitionInner::default();
+        self.may_block.store(false, Ordering::Relaxed);
     }
 
     fn log_crossings(&self, crossings: &[Crossing], now: SystemTime) {
@@ -370,6 +401,10 @@ impl DimensionState {
 
     /// Applies one observation. Within a window that has not reset, the lowest remaining count
     /// wins, so responses that arrive out of order never lower the known usage.
+    ///
+    /// NOTE: servers that refill continuously (OpenAI's token limits, whose reset is the time
+    /// until the bucket is full) report rising remaining counts within one window. Those rises
+    /// are ignored until the reset, so usage reads high for at most one window.
     fn apply(&mut self, observation: &Observation<'_>, now: SystemTime) {
         let window_open = self.reset_at.is_some_and(|reset| reset > now);
         if self.reset_at.is_some() && !window_open {

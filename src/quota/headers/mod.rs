@@ -11,13 +11,13 @@ pub(crate) mod values;
 
 use std::time::SystemTime;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::HeaderMap;
 
 /// The dimension name of headers that do not name what they count.
 pub(crate) const DEFAULT_DIMENSION: &str = "default";
 
-/// Dimensions kept from one response; further ones are ignored with a `debug!` event.
+/// Dimensions kept from one response. Further ones are ignored with a `debug!` event.
 pub(crate) const MAX_DIMENSIONS: usize = 8;
 
 /// How much a reset source is trusted when one dimension has several.
@@ -101,6 +101,8 @@ pub(crate) struct Observations<'a> {
     len: usize,
     /// The deadline from `Retry-After` or `retry-after-ms`.
     pub(crate) retry_after: Option<SystemTime>,
+    /// The time that relative values count from, read at the first rate-limit header.
+    pub(crate) now: Option<SystemTime>,
 }
 
 impl<'a> Observations<'a> {
@@ -203,25 +205,81 @@ impl<'a> Collector<'a> {
         if self.retry_after_ms.is_some() {
             self.observations.retry_after = self.retry_after_ms;
         }
+        self.observations.now = Some(self.now);
         self.observations
     }
 }
 
 /// Reads every rate-limit header of `headers` in one pass. `now` anchors relative values.
+#[cfg(test)]
 pub(crate) fn parse(headers: &HeaderMap, now: SystemTime) -> Observations<'_> {
-    let mut collector = Collector::new(now);
-    for (name, value) in headers {
-        read_header(&mut collector, name, value);
-    }
-    collector.finish()
+    parse_with_clock(headers, || now)
 }
 
-fn read_header<'a>(collector: &mut Collector<'a>, name: &'a HeaderName, value: &'a HeaderValue) {
-    let name = name.as_str();
-    // Most headers of a response start with none of these letters, so they cost one comparison.
-    if !matches!(name.as_bytes().first(), Some(b'x' | b'r' | b'a')) {
-        return;
+/// Reads every rate-limit header of `headers` in one pass, reading `clock` once at the first
+/// rate-limit header to anchor relative values. A response without such headers costs one
+/// comparison per header and no clock read.
+pub(crate) fn parse_with_clock(
+    headers: &HeaderMap,
+    clock: impl Fn() -> SystemTime,
+) -> Observations<'_> {
+    let mut collector: Option<Collector<'_>> = None;
+    for (name, value) in headers {
+        let name = name.as_str();
+        let Some(dialect) = Dialect::of(name) else {
+            continue;
+        };
+        let collector = collector.get_or_insert_with(|| Collector::new(clock()));
+        read_header(collector, dialect, name, value);
     }
+    collector.map_or_else(Observations::default, Collector::finish)
+}
+
+/// The dialect family that a header name belongs to, with the rest of the name after its prefix.
+#[derive(Clone, Copy, Debug)]
+enum Dialect<'a> {
+    XRatelimit(&'a str),
+    XRateLimit(&'a str),
+    Shopify,
+    Anthropic(&'a str),
+    RetryAfter,
+    RetryAfterMs,
+    Ietf,
+}
+
+impl<'a> Dialect<'a> {
+    fn of(name: &'a str) -> Option<Self> {
+        // Most headers of a response start with none of these letters, so they cost one
+        // comparison.
+        if !matches!(name.as_bytes().first(), Some(b'x' | b'r' | b'a')) {
+            return None;
+        }
+        if let Some(rest) = name.strip_prefix("x-ratelimit-") {
+            Some(Self::XRatelimit(rest))
+        } else if let Some(rest) = name.strip_prefix("x-rate-limit-") {
+            Some(Self::XRateLimit(rest))
+        } else if name == "x-shopify-shop-api-call-limit" {
+            Some(Self::Shopify)
+        } else if let Some(rest) = name.strip_prefix("anthropic-ratelimit-") {
+            Some(Self::Anthropic(rest))
+        } else if name == "retry-after" {
+            Some(Self::RetryAfter)
+        } else if name == "retry-after-ms" {
+            Some(Self::RetryAfterMs)
+        } else if name.starts_with("ratelimit") {
+            Some(Self::Ietf)
+        } else {
+            None
+        }
+    }
+}
+
+fn read_header<'a>(
+    collector: &mut Collector<'a>,
+    dialect: Dialect<'a>,
+    name: &'a str,
+    value: &'a HeaderValue,
+) {
     let Ok(text) = value.to_str() else {
         tracing::debug!(
             header = name,
@@ -229,22 +287,14 @@ fn read_header<'a>(collector: &mut Collector<'a>, name: &'a HeaderName, value: &
         );
         return;
     };
-    let understood = if let Some(rest) = name.strip_prefix("x-ratelimit-") {
-        legacy::read_x_ratelimit(collector, rest, text)
-    } else if let Some(rest) = name.strip_prefix("x-rate-limit-") {
-        legacy::read_x_rate_limit(collector, rest, text)
-    } else if name == "x-shopify-shop-api-call-limit" {
-        legacy::read_shopify(collector, text)
-    } else if let Some(rest) = name.strip_prefix("anthropic-ratelimit-") {
-        anthropic::read(collector, rest, text)
-    } else if name == "retry-after" {
-        read_retry_after(collector, text)
-    } else if name == "retry-after-ms" {
-        read_retry_after_ms(collector, text)
-    } else if name.starts_with("ratelimit") {
-        ietf::read(collector, name, text)
-    } else {
-        Understood::NotQuota
+    let understood = match dialect {
+        Dialect::XRatelimit(rest) => legacy::read_x_ratelimit(collector, rest, text),
+        Dialect::XRateLimit(rest) => legacy::read_x_rate_limit(collector, rest, text),
+        Dialect::Shopify => legacy::read_shopify(collector, text),
+        Dialect::Anthropic(rest) => anthropic::read(collector, rest, text),
+        Dialect::RetryAfter => read_retry_after(collector, text),
+        Dialect::RetryAfterMs => read_retry_after_ms(collector, text),
+        Dialect::Ietf => ietf::read(collector, name, text),
     };
     if understood == Understood::Malformed {
         tracing::debug!(

@@ -512,3 +512,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn clock_read_once_per_quota_response() {
+    let reads = std::cell::Cell::new(0);
+    let clock = || {
+        reads.set(reads.get() + 1);
+        now()
+    };
+    let plain = headers(&[("content-type", "text/plain"), ("x-request-id", "7")]);
+    assert!(super::parse_with_clock(&plain, clock).is_empty());
+    assert_eq!(reads.get(), 0);
+
+    let quota = headers(&[
+        ("x-ratelimit-limit", "60"),
+        ("x-ratelimit-remaining", "12"),
+        ("x-ratelimit-reset", "30"),
+    ]);
+    let parsed = super::parse_with_clock(&quota, clock);
+    assert_eq!(reads.get(), 1);
+    assert_eq!(parsed.now, Some(now()));
+    assert_eq!(only(&parsed).reset_at, Some(after(30)));
+}
+
+#[test]
+fn non_ascii_value_ignored() {
+    let mut map = HeaderMap::new();
+    let value = HeaderValue::from_bytes(b"12\xff").expect("obs-text is a valid value");
+    map.insert("x-ratelimit-remaining", value);
+    map.insert("x-ratelimit-limit", HeaderValue::from_static("60"));
+    let parsed = parse(&map, now());
+    let observation = only(&parsed);
+    assert_eq!(observation.limit, Some(60));
+    assert_eq!(observation.remaining, None);
+}

@@ -15,24 +15,41 @@ const EPOCH_MILLIS_FROM: f64 = 1e12;
 /// special values.
 pub(crate) fn parse_decimal(value: &str) -> Option<f64> {
     let value = value.trim();
-    let mut digits = 0usize;
-    let mut dots = 0usize;
-    for byte in value.bytes() {
-        match byte {
-            b'0'..=b'9' => digits += 1,
-            b'.' => dots += 1,
-            _ => return None,
-        }
-    }
-    if digits == 0 || dots > 1 {
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    if whole.is_empty() && fraction.is_empty() {
         return None;
     }
-    let number: f64 = value.parse().ok()?;
-    number.is_finite().then_some(number)
+    if !is_digits(whole) || !is_digits(fraction) {
+        return None;
+    }
+    if whole.len() > MAX_EXACT_DIGITS || fraction.len() > MAX_EXACT_DIGITS {
+        // Too many digits for exact integer arithmetic, so the standard parser rounds instead.
+        let number: f64 = value.parse().ok()?;
+        return number.is_finite().then_some(number);
+    }
+    let whole = digits_value(whole) as f64;
+    if fraction.is_empty() {
+        return Some(whole);
+    }
+    let scale = 10f64.powi(fraction.len() as i32);
+    Some(whole + digits_value(fraction) as f64 / scale)
+}
+
+/// The most decimal digits that fit a `u64` and convert to `f64` without error.
+const MAX_EXACT_DIGITS: usize = 15;
+
+fn is_digits(text: &str) -> bool {
+    text.bytes().all(|byte| byte.is_ascii_digit())
+}
+
+/// Returns the value of at most `MAX_EXACT_DIGITS` ASCII digits.
+fn digits_value(text: &str) -> u64 {
+    text.bytes()
+        .fold(0, |total, byte| total * 10 + u64::from(byte - b'0'))
 }
 
 fn is_integer(value: &str) -> bool {
-    !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit())
+    !value.is_empty() && is_digits(value)
 }
 
 /// Parses a count of requests or tokens. A fractional count (`598.0`) is rounded down.
@@ -224,6 +241,20 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn decimal_forms_parsed() {
+        assert_eq!(parse_decimal("42"), Some(42.0));
+        assert_eq!(parse_decimal(".5"), Some(0.5));
+        assert_eq!(parse_decimal("1."), Some(1.0));
+        assert_eq!(parse_decimal("1700000030.250"), Some(1_700_000_030.25));
+        assert_eq!(
+            parse_decimal("12345678901234567890.5"),
+            Some(12_345_678_901_234_567_890.5)
+        );
+        assert_eq!(parse_decimal("1.2.3"), None);
+        assert_eq!(parse_decimal("."), None);
     }
 
     #[test]
