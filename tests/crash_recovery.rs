@@ -3,16 +3,16 @@
 //!
 //! The child is the ignored test `crash_child` of this same binary, started with an environment
 //! variable naming the queue directory. It prints `ENQUEUED <id>` after each enqueue returned and
-//! `TAKEN <id>` after each lease.
+//! `TAKEN <id>` after each lease. In `hold` mode it only opens the queue, prints `OPEN` and waits.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tower_quota_queue::retry_queue::{QueuedRequest, RetryQueue, RetryQueueConfig};
+use tower_quota_queue::retry_queue::{QueueErrorKind, QueuedRequest, RetryQueue, RetryQueueConfig};
 use uuid::Uuid;
 
 const DIR_ENV: &str = "RETRY_QUEUE_CRASH_CHILD_DIR";
@@ -45,6 +45,12 @@ fn crash_child() {
         .unwrap();
     runtime.block_on(async move {
         let queue = RetryQueue::open(config(dir.as_ref())).unwrap();
+        if mode == "hold" {
+            println!("OPEN");
+            // Keep the database open until the parent kills this process, for at most a minute.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return;
+        }
         if mode == "in_flight" {
             for n in 0..LEASES * 2 {
                 let id = queue.enqueue(item(n)).await.unwrap();
@@ -79,8 +85,31 @@ struct Printed {
     taken: Vec<Uuid>,
 }
 
-/// Runs the child in `mode` and kills it after it printed `kill_after` enqueued ids.
-fn run_and_kill(dir: &std::path::Path, mode: &str, kill_after: usize) -> Printed {
+/// A running child process and the lines of its standard output.
+struct ChildProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl ChildProcess {
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("child printed nothing for 60 s")
+    }
+
+    /// Sends SIGKILL, waits for the process to end and returns the lines still in the pipe.
+    fn kill(mut self) -> Vec<String> {
+        // `Child::kill` sends SIGKILL on Unix, so the child gets no chance to flush or clean up.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.reader.join().unwrap();
+        self.lines.try_iter().collect()
+    }
+}
+
+fn spawn_child(dir: &std::path::Path, mode: &str) -> ChildProcess {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "crash_child",
@@ -106,6 +135,16 @@ fn run_and_kill(dir: &std::path::Path, mode: &str, kill_after: usize) -> Printed
         }
     });
 
+    ChildProcess {
+        child,
+        lines: lines_rx,
+        reader,
+    }
+}
+
+/// Runs the child in `mode` and kills it after it printed `kill_after` enqueued ids.
+fn run_and_kill(dir: &std::path::Path, mode: &str, kill_after: usize) -> Printed {
+    let child = spawn_child(dir, mode);
     let mut printed = Printed::default();
     let record = |printed: &mut Printed, line: String| {
         // libtest prints "test crash_child ... " without a line break before the child's output.
@@ -116,17 +155,10 @@ fn run_and_kill(dir: &std::path::Path, mode: &str, kill_after: usize) -> Printed
         }
     };
     while printed.enqueued.len() < kill_after {
-        let line = lines_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("child printed nothing for 60 s");
-        record(&mut printed, line);
+        record(&mut printed, child.next_line());
     }
-    // `Child::kill` sends SIGKILL on Unix, so the child gets no chance to flush or clean up.
-    child.kill().unwrap();
-    child.wait().unwrap();
-    reader.join().unwrap();
     // Lines the child wrote before it died are still in the pipe.
-    for line in lines_rx.try_iter() {
+    for line in child.kill() {
         record(&mut printed, line);
     }
     printed
@@ -190,4 +222,20 @@ async fn sigkill_with_items_in_flight_makes_them_ready() {
         assert!(found.contains(id), "printed id {id} lost after SIGKILL");
     }
     assert_eq!(queue.stats().in_flight, ids.len());
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn second_process_gets_already_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn_child(dir.path(), "hold");
+    while !child.next_line().contains("OPEN") {}
+
+    let error = RetryQueue::open(config(dir.path())).unwrap_err();
+    assert_eq!(error.kind(), QueueErrorKind::AlreadyOpen);
+    assert!(error.to_string().contains("already open"), "{error}");
+
+    child.kill();
+    let queue = RetryQueue::open(config(dir.path())).unwrap();
+    assert!(queue.is_empty());
 }

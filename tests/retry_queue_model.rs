@@ -21,6 +21,7 @@ enum Op {
     Take,
     Ack(usize),
     Nack(usize, bool),
+    Release(usize),
     Advance(u64),
     PurgeStale,
     Reopen,
@@ -32,6 +33,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Take),
         2 => any::<usize>().prop_map(Op::Ack),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(index, delay)| Op::Nack(index, delay)),
+        1 => any::<usize>().prop_map(Op::Release),
         1 => (0u64..80).prop_map(Op::Advance),
         1 => Just(Op::PurgeStale),
         1 => Just(Op::Reopen),
@@ -187,6 +189,13 @@ async fn run(ops: Vec<Op>) {
                     let expected = model.nack(index, not_before);
                     let outcome = real.nack(id, "failed", not_before).await.unwrap();
                     assert_eq!(outcome, expected, "step {step}");
+                }
+            }
+            Op::Release(index) => {
+                if !model.in_flight.is_empty() {
+                    let (key, item) = model.in_flight.remove(index % model.in_flight.len());
+                    model.ready.insert(key, item);
+                    real.release(item.id).await.unwrap();
                 }
             }
             Op::Advance(seconds) => tokio::time::advance(Duration::from_secs(seconds)).await,

@@ -457,3 +457,22 @@ async fn periodic_durability_survives_clean_reopen() {
     let queue = RetryQueue::open(periodic()).unwrap();
     assert_eq!(take_id(&queue).await, Some(id));
 }
+
+#[tokio::test]
+async fn release_restores_original_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    let first = queue.enqueue(item("a")).await.unwrap();
+    let second = queue.enqueue(item("b")).await.unwrap();
+
+    assert_eq!(take_id(&queue).await, Some(first));
+    queue.release(first).await.unwrap();
+    assert_eq!(queue.stats().in_flight, 0);
+
+    let again = queue.take().await.unwrap().unwrap();
+    assert_eq!(again.id(), first);
+    assert_eq!(again.attempts(), 0);
+    assert_eq!(take_id(&queue).await, Some(second));
+    let error = queue.release(Uuid::new_v4()).await.unwrap_err();
+    assert_eq!(error.kind(), QueueErrorKind::NotInFlight);
+}

@@ -289,6 +289,9 @@ impl RetryQueue {
         let now = clock::now();
         let ttl = self.inner.config.item_ttl;
         let storage = self.inner.storage.as_ref();
+        // NOTE: the lock is held across sled reads, which block on disk when the page cache misses,
+        // and every ready item before the match is decoded for `predicate`. Both are cheap for
+        // queues that fit the cache, but a predicate that rejects most of a large queue is O(n).
         let mut state = self.lock();
         let mut expired = 0;
         let mut start = 0;
@@ -350,6 +353,37 @@ impl RetryQueue {
             .remove_in_flight(key)
             .map_err(QueueError::Storage)?;
         state.in_flight.remove(&id);
+        Ok(())
+    }
+
+    /// Returns a leased item to its original place in the queue without counting an attempt.
+    ///
+    /// Use this when a replay was never completed, for example because the worker shut down. The
+    /// item keeps its attempts, `last_error` and `not_before`, and comes before every item enqueued
+    /// after it, as it would after a restart.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::NotInFlight`] for an id that is not leased, and [`QueueError::Storage`].
+    pub async fn release(&self, id: Uuid) -> Result<(), QueueError> {
+        let storage = self.inner.storage.as_ref();
+        {
+            let mut state = self.lock();
+            let &(key, _) = state
+                .in_flight
+                .get(&id)
+                .ok_or(QueueError::NotInFlight(id))?;
+            let Some(bytes) = storage.get_in_flight(key).map_err(QueueError::Storage)? else {
+                state.in_flight.remove(&id);
+                return Err(QueueError::NotInFlight(id));
+            };
+            let item = record::decode(&bytes).map_err(QueueError::storage)?;
+            storage.release(key).map_err(QueueError::Storage)?;
+            state.in_flight.remove(&id);
+            state.ready.insert(key, ItemMeta::of(&item));
+            state.ready_ids.insert(id, key);
+        }
+        self.wake_waiters();
         Ok(())
     }
 

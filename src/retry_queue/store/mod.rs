@@ -47,6 +47,8 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug + 'static {
     fn get_in_flight(&self, key: u64) -> Result<Option<Vec<u8>>, BoxError>;
     /// Removes an in-flight record.
     fn remove_in_flight(&self, key: u64) -> Result<(), BoxError>;
+    /// Moves an in-flight record back to ready under the same key.
+    fn release(&self, key: u64) -> Result<(), BoxError>;
     /// Replaces the in-flight record under `old_key` with a ready record under `new_key`.
     fn requeue(&self, old_key: u64, new_key: u64, record: &[u8]) -> Result<(), BoxError>;
     /// Replaces the in-flight record under `key` with a dead letter under the same key.

@@ -170,6 +170,16 @@ impl Storage for SledStorage {
         Ok(())
     }
 
+    fn release(&self, key: u64) -> Result<(), BoxError> {
+        let key = key_bytes(key);
+        if let Some(record) = self.in_flight.get(key)? {
+            // Insert first, for the same reason as in `lease`.
+            self.ready.insert(key, record)?;
+            self.in_flight.remove(key)?;
+        }
+        Ok(())
+    }
+
     fn requeue(&self, old_key: u64, new_key: u64, record: &[u8]) -> Result<(), BoxError> {
         (&self.ready, &self.in_flight)
             .transaction(|(ready, in_flight)| {
