@@ -1,4 +1,4 @@
-//! Which responses are worth a replay.
+//! Classification of responses as retryable, and `Retry-After` parsing.
 
 use std::time::{Duration, SystemTime};
 

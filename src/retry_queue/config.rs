@@ -8,8 +8,8 @@ use serde::Deserialize;
 
 use super::error::QueueError;
 
-/// What [`RetryQueue::enqueue`](super::RetryQueue::enqueue) does when the queue holds `max_size`
-/// items.
+/// The policy of [`RetryQueue::enqueue`](super::RetryQueue::enqueue) when the queue contains
+/// `max_size` items.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -32,9 +32,9 @@ pub enum Durability {
     /// one flush, which runs on a dedicated thread.
     #[default]
     Flush,
-    /// An enqueue resolves once sled holds the item in memory. Sled writes it out with its
-    /// background flush (every 500 ms in sled 0.34), so a crash can lose the items enqueued since
-    /// the last flush.
+    /// An enqueue resolves once the item is in sled's memory. Sled writes it out with its
+    /// background flush (every 500 ms by default in sled 0.34.7), so a crash can lose the items
+    /// enqueued since the last flush.
     Periodic,
 }
 
@@ -77,7 +77,7 @@ pub struct RetryQueueConfig {
     pub item_ttl: Duration,
     /// The largest request body the layer buffers and persists. Default: 4 MiB.
     pub max_body_bytes: usize,
-    /// What an enqueue does when the queue is full. Default: [`Overflow::DropOldest`].
+    /// The policy for an enqueue into a full queue. Default: [`Overflow::DropOldest`].
     pub overflow: Overflow,
     /// When an enqueue counts as durable. Default: [`Durability::Flush`].
     pub durability: Durability,

@@ -88,10 +88,10 @@
 //! POST and PATCH requests are queued like any other method, unless
 //! [`RetryQueueLayer::methods`] restricts queueing. A request without an `Idempotency-Key` header
 //! gets one equal to its queued id, and a caller's own key is kept as it is. The layer assigns the
-//! id before the first send, so the first attempt already carries the same key as every replay: if
-//! the server processed the first attempt but its response was lost, a server that honours the
-//! header can drop the replay as a duplicate. As a consequence every buffered request gets the
-//! header, also those that succeed on the first attempt.
+//! id before the first send, so the first attempt already carries the same key as every replay.
+//! If the server processed the first attempt but its response was lost, a server that honours the
+//! header can then drop the replay as a duplicate. As a consequence every buffered request gets
+//! the header, also those that succeed on the first attempt.
 //!
 //! # Storage format
 //!

@@ -92,7 +92,7 @@ impl ItemMeta {
     }
 }
 
-/// What [`RetryQueue::nack`] did with an item.
+/// The outcome of [`RetryQueue::nack`] for an item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NackOutcome {
@@ -391,8 +391,8 @@ impl RetryQueue {
     ///
     /// The item's attempts grow by one and `error` becomes its `last_error`. If the attempts reach
     /// `max_attempts`, the item moves to the dead letters. Otherwise it goes to the tail of the
-    /// queue, so a failing item cannot block the head, and `not_before` (usually from
-    /// `Retry-After`) replaces its earliest replay time.
+    /// queue, behind every ready item, so a failing item cannot block the head. `not_before`
+    /// (usually from `Retry-After`) replaces its earliest replay time.
     ///
     /// # Errors
     ///
@@ -424,6 +424,7 @@ impl RetryQueue {
             .get_in_flight(key)
             .map_err(QueueError::Storage)?
             .unwrap_or_default();
+
         let mut item = match record::decode(&stored) {
             Ok(item) => item,
             Err(decode_error) => {
@@ -436,6 +437,7 @@ impl RetryQueue {
                 return Ok(NackOutcome::DeadLettered);
             }
         };
+
         item.attempts = item.attempts.saturating_add(1);
         item.last_error = Some(error.to_owned());
         item.not_before = not_before;
@@ -449,6 +451,7 @@ impl RetryQueue {
             tracing::warn!(request_id = %id, attempts = item.attempts, "retry queue item dead-lettered");
             return Ok(NackOutcome::DeadLettered);
         }
+
         let new_key = state.next_key;
         storage
             .requeue(key, new_key, &bytes)

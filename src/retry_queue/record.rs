@@ -18,7 +18,7 @@ use super::request::QueuedRequest;
 /// The format version written by this release.
 const FORMAT_VERSION: u8 = 1;
 
-/// Why a record could not be decoded.
+/// The reason a record could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DecodeError {
     #[error("record is empty")]

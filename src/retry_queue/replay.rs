@@ -54,7 +54,7 @@ impl RetryQueue {
     /// Replays the oldest ready item through `service`, acks it on success and nacks it on failure.
     ///
     /// An error from the service, or a response that [`DefaultClassifier`] calls retryable, is a
-    /// failure; for a retryable response the item's next replay waits for its `Retry-After`. Every
+    /// failure. After a retryable response, the item's next replay waits for its `Retry-After`. Every
     /// other response, including 4xx, is a success because replaying it again would not change it.
     /// Returns the id of the item replayed successfully, or `None` when no item is ready.
     ///

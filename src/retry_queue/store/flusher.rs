@@ -3,8 +3,9 @@
 //! sled 0.34's `flush_async` hung when 8 or more tasks awaited it at once, and one blocking
 //! `flush()` per item caps a queue at a few thousand durable enqueues per second. So a dedicated
 //! thread runs the blocking `flush()`, and every enqueue that finished its write before a flush
-//! started is released by that flush. Async callers wait on a `watch` channel and never block a
-//! runtime thread.
+//! started is released by that flush. Async callers wait on a `watch` channel, so a runtime
+//! thread never waits for a flush. The one exception is dropping the last queue handle, which
+//! joins the thread and so waits for at most one flush.
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;

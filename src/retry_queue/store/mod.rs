@@ -28,9 +28,10 @@ pub(crate) struct Loaded {
 
 /// An ordered store of queue records.
 ///
-/// Every method must be atomic with respect to a crash: after a crash, a record is found under
-/// exactly one key of exactly one keyspace, or, for moves that keep the key, in both keyspaces
-/// under the same key (which [`Storage::load`] resolves in favour of ready).
+/// Every method must be atomic with respect to a crash. After a crash, a record is found under
+/// exactly one key of exactly one keyspace. The one exception is a move that keeps the key, which
+/// may leave the record in two keyspaces under the same key, and [`Storage::load`] then keeps the
+/// ready copy.
 pub(crate) trait Storage: Send + Sync + fmt::Debug + 'static {
     /// Moves every in-flight record back to ready under its key, then calls `visit` with every
     /// ready record in key order.
