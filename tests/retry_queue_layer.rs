@@ -507,3 +507,81 @@ async fn opted_in_secret_is_persisted() {
     assert!(!any_file_contains(dir.path(), b"Bearer-Token-9c1e"));
     assert!(!any_file_contains(dir.path(), b"Api-Key-Token-8d0c"));
 }
+
+#[tokio::test]
+async fn full_queue_reports_not_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RetryQueueConfig::new()
+        .path(dir.path().join("queue"))
+        .max_size(1)
+        .overflow(tower_quota_queue::retry_queue::Overflow::RejectNew);
+    let queue = RetryQueue::open(config).unwrap();
+    let closed = closed_addr().await;
+
+    let service = RetryQueueLayer::new(queue.clone()).layer(client());
+    let first = service
+        .clone()
+        .oneshot(post(closed, "/a", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(first.kind(), RetryQueueErrorKind::Queued);
+
+    let second = service.oneshot(post(closed, "/b", "x")).await.unwrap_err();
+    assert_eq!(second.kind(), RetryQueueErrorKind::NotQueued);
+    match second.not_queued_reason() {
+        Some(NotQueuedReason::Queue(error)) => {
+            assert_eq!(
+                error.kind(),
+                tower_quota_queue::retry_queue::QueueErrorKind::Full
+            );
+        }
+        other => panic!("unexpected reason {other:?}"),
+    }
+    let source = std::error::Error::source(&second).unwrap();
+    assert!(source.is::<hyper_util::client::legacy::Error>());
+    assert_eq!(queue.len(), 1);
+}
+
+/// A body that announces five bytes and then fails.
+struct FailingBody;
+
+impl http_body::Body for FailingBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::Error::other("upload aborted"))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(5)
+    }
+}
+
+#[tokio::test]
+async fn body_read_error_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open_queue(&dir);
+    let calls = Arc::new(Mutex::new(0));
+    let inner_calls = Arc::clone(&calls);
+    let inner = service_fn(
+        move |_request: http::Request<RetryQueueBody<FailingBody>>| {
+            *inner_calls.lock().unwrap() += 1;
+            async { Ok::<_, Infallible>(http::Response::new(())) }
+        },
+    );
+    let service = RetryQueueLayer::new(queue.clone()).layer(inner);
+    let request = http::Request::post("http://127.0.0.1:9/upload")
+        .body(FailingBody)
+        .unwrap();
+
+    let error = service.oneshot(request).await.unwrap_err();
+    assert_eq!(error.kind(), RetryQueueErrorKind::Body);
+    let source = std::error::Error::source(&error).unwrap();
+    assert_eq!(source.to_string(), "upload aborted");
+    assert_eq!(*calls.lock().unwrap(), 0);
+    assert!(queue.is_empty());
+}

@@ -10,6 +10,15 @@ use super::error::QueueError;
 
 /// The policy of [`RetryQueue::enqueue`](super::RetryQueue::enqueue) when the queue contains
 /// `max_size` items.
+///
+/// # Example
+///
+/// ```
+/// use tower_quota_queue::retry_queue::{Overflow, RetryQueueConfig};
+///
+/// let config = RetryQueueConfig::new().max_size(100).overflow(Overflow::RejectNew);
+/// assert_eq!(config.overflow, Overflow::RejectNew);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -24,6 +33,16 @@ pub enum Overflow {
 }
 
 /// When an enqueue counts as durable.
+///
+/// # Example
+///
+/// ```
+/// use tower_quota_queue::retry_queue::{Durability, RetryQueueConfig};
+///
+/// // Trade crash safety of the latest items for enqueue throughput.
+/// let config = RetryQueueConfig::new().durability(Durability::Periodic);
+/// assert_eq!(config.durability, Durability::Periodic);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]

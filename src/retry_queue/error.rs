@@ -72,6 +72,17 @@ pub enum QueueError {
 }
 
 /// The kind of a [`QueueError`], for callers that branch on it.
+///
+/// # Example
+///
+/// ```
+/// use tower_quota_queue::retry_queue::{QueueError, QueueErrorKind};
+///
+/// fn should_alert(error: &QueueError) -> bool {
+///     !matches!(error.kind(), QueueErrorKind::Full | QueueErrorKind::DuplicateId)
+/// }
+/// assert!(!should_alert(&QueueError::Full { max_size: 10 }));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum QueueErrorKind {
@@ -161,6 +172,15 @@ pub enum RetryQueueError {
 }
 
 /// The reason a failed request was not queued.
+///
+/// # Example
+///
+/// ```
+/// use tower_quota_queue::retry_queue::NotQueuedReason;
+///
+/// let reason = NotQueuedReason::BodyTooLarge { max_body_bytes: 1024 };
+/// assert_eq!(reason.to_string(), "its body is larger than max_body_bytes (1024 bytes)");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NotQueuedReason {
@@ -182,6 +202,15 @@ pub enum NotQueuedReason {
 }
 
 /// The kind of a [`RetryQueueError`], for callers that branch on it.
+///
+/// # Example
+///
+/// ```
+/// use tower_quota_queue::retry_queue::{RetryQueueError, RetryQueueErrorKind};
+///
+/// let error = RetryQueueError::Body("connection closed".into());
+/// assert_eq!(error.kind(), RetryQueueErrorKind::Body);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RetryQueueErrorKind {

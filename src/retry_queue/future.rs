@@ -18,6 +18,23 @@ pin_project! {
     /// A request that cannot be queued runs the inner future directly. A buffered request runs
     /// inside one boxed future, because it awaits the body, the inner service and the enqueue in
     /// turn.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_quota_queue::retry_queue::future::ResponseFuture;
+    /// use tower_quota_queue::retry_queue::RetryQueueError;
+    ///
+    /// // The future resolves to the inner response or a `RetryQueueError`.
+    /// async fn status<F, E>(future: ResponseFuture<F, http::Response<()>>) -> Option<u16>
+    /// where
+    ///     F: std::future::Future<Output = Result<http::Response<()>, E>>,
+    ///     E: Into<tower_quota_queue::BoxError>,
+    /// {
+    ///     let result: Result<_, RetryQueueError> = future.await;
+    ///     result.ok().map(|response| response.status().as_u16())
+    /// }
+    /// ```
     pub struct ResponseFuture<F, T> {
         #[pin]
         kind: Kind<F, T>,

@@ -93,6 +93,24 @@ impl ItemMeta {
 }
 
 /// The outcome of [`RetryQueue::nack`] for an item.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use tower_quota_queue::retry_queue::{NackOutcome, QueuedRequest, RetryQueue, RetryQueueConfig};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let queue = RetryQueue::open(RetryQueueConfig::new().path(dir.path()).max_attempts(1))?;
+/// let request = http::Request::get("http://api.example.com/").body(Bytes::new())?;
+/// let id = queue.enqueue(QueuedRequest::new(request, "timed out")).await?;
+/// queue.take().await?;
+/// assert_eq!(queue.nack(id, "HTTP 503", None).await?, NackOutcome::DeadLettered);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NackOutcome {

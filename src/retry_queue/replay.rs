@@ -12,6 +12,17 @@ use super::request::QueuedRequest;
 use crate::{clock, BoxError};
 
 /// The counts of one [`RetryQueue::process_all`] call.
+///
+/// # Example
+///
+/// ```
+/// use tower_quota_queue::retry_queue::ReplayReport;
+///
+/// fn summary(report: &ReplayReport) -> String {
+///     format!("{} ok, {} failed, {} expired", report.succeeded, report.failed, report.expired)
+/// }
+/// assert_eq!(summary(&ReplayReport::default()), "0 ok, 0 failed, 0 expired");
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReplayReport {
@@ -26,6 +37,16 @@ pub struct ReplayReport {
 }
 
 /// An error from [`RetryQueue::process_one`].
+///
+/// # Example
+///
+/// ```
+/// use tower_quota_queue::retry_queue::{NackOutcome, ReplayError};
+///
+/// fn gave_up(error: &ReplayError) -> bool {
+///     matches!(error, ReplayError::Failed { outcome: NackOutcome::DeadLettered, .. })
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplayError {
@@ -46,6 +67,15 @@ pub enum ReplayError {
 }
 
 /// The error recorded for a replay that returned a retryable response.
+///
+/// # Example
+///
+/// ```
+/// use tower_quota_queue::retry_queue::RetryableStatus;
+///
+/// let error = RetryableStatus(http::StatusCode::SERVICE_UNAVAILABLE);
+/// assert_eq!(error.to_string(), "replay returned retryable status 503 Service Unavailable");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("replay returned retryable status {0}")]
 pub struct RetryableStatus(pub http::StatusCode);
