@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tower::{service_fn, BoxError, ServiceBuilder};
 use tower_quota_queue::quota::{QuotaLayer, QuotaTracker};
 use tower_quota_queue::retry_queue::{
-    Backoff, Durability, QueuedRequest, RetryQueue, RetryQueueConfig,
+    Backoff, Durability, QueuedRequest, RetryQueue, RetryQueueBody, RetryQueueConfig,
 };
 use uuid::Uuid;
 
@@ -585,7 +585,9 @@ mod loopback {
             ids.insert(queue.enqueue(item(&address.to_string())).await.unwrap());
         }
 
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        // The client takes the layer's body type, as the stack below a `RetryQueueLayer` does.
+        let client =
+            Client::builder(TokioExecutor::new()).build_http::<RetryQueueBody<Full<Bytes>>>();
         let service = ServiceBuilder::new()
             .map_err(BoxError::from)
             .service(client);

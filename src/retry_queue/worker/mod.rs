@@ -141,18 +141,20 @@ impl<S, C> ReplayWorker<S, C> {
 
     /// Starts the worker on the current tokio runtime and returns its handle.
     ///
+    /// The service takes requests with any body that converts from `Full<Bytes>`, such as
+    /// [`RetryQueueBody`](super::RetryQueueBody), so the client stack below a
+    /// [`RetryQueueLayer`](super::RetryQueueLayer) can replay without a body conversion.
+    ///
     /// # Panics
     ///
     /// Panics when called outside a tokio runtime, like [`tokio::spawn`].
-    pub fn spawn<B>(self) -> WorkerHandle
+    pub fn spawn<B, ReqB>(self) -> WorkerHandle
     where
-        S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>>
-            + Clone
-            + Send
-            + 'static,
+        S: Service<http::Request<ReqB>, Response = http::Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Send + 'static,
+        ReqB: From<Full<Bytes>> + Send + 'static,
         C: RetryClassifier,
     {
         let (stop, stopped) = watch::channel(false);

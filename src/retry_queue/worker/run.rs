@@ -59,15 +59,17 @@ struct Running {
 }
 
 impl<C: RetryClassifier> Worker<C> {
-    pub(super) async fn run<S, B>(self, service: S, mut stop: watch::Receiver<bool>) -> WorkerReport
+    pub(super) async fn run<S, B, ReqB>(
+        self,
+        service: S,
+        mut stop: watch::Receiver<bool>,
+    ) -> WorkerReport
     where
-        S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>>
-            + Clone
-            + Send
-            + 'static,
+        S: Service<http::Request<ReqB>, Response = http::Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Send + 'static,
+        ReqB: From<Full<Bytes>> + Send + 'static,
     {
         tracing::info!(
             pending = self.queue.len(),
@@ -101,20 +103,18 @@ impl<C: RetryClassifier> Worker<C> {
 
     /// Starts replays of ready items until the concurrency limit is reached or no item can go now.
     /// Returns when the worker must look again if nothing else wakes it.
-    fn start_ready<S, B>(
+    fn start_ready<S, B, ReqB>(
         &self,
         service: &S,
         running: &mut Running,
         report: &mut WorkerReport,
     ) -> Option<SystemTime>
     where
-        S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>>
-            + Clone
-            + Send
-            + 'static,
+        S: Service<http::Request<ReqB>, Response = http::Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Send + 'static,
+        ReqB: From<Full<Bytes>> + Send + 'static,
     {
         while running.tasks.len() < self.concurrency {
             let now = clock::now();
@@ -152,12 +152,13 @@ impl<C: RetryClassifier> Worker<C> {
         (deadline > now).then_some(deadline)
     }
 
-    fn start<S, B>(&self, service: S, item: QueuedRequest, running: &mut Running)
+    fn start<S, B, ReqB>(&self, service: S, item: QueuedRequest, running: &mut Running)
     where
-        S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>> + Send + 'static,
+        S: Service<http::Request<ReqB>, Response = http::Response<B>> + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Send + 'static,
+        ReqB: From<Full<Bytes>> + Send + 'static,
     {
         let lease = Lease {
             id: item.id(),
@@ -169,9 +170,11 @@ impl<C: RetryClassifier> Worker<C> {
             "replaying queued request"
         );
         let classifier = Arc::clone(&self.classifier);
-        let task = running
-            .tasks
-            .spawn(replay(service, classifier, item.into_request()));
+        let task = running.tasks.spawn(replay(
+            service,
+            classifier,
+            item.into_request().map(ReqB::from),
+        ));
         running.leases.insert(task.id(), lease);
     }
 
@@ -289,13 +292,13 @@ impl<C: RetryClassifier> Worker<C> {
 }
 
 /// Sends one replay and classifies its result.
-async fn replay<S, C, B>(
+async fn replay<S, C, B, ReqB>(
     mut service: S,
     classifier: Arc<C>,
-    request: http::Request<Full<Bytes>>,
+    request: http::Request<ReqB>,
 ) -> Outcome
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>>,
+    S: Service<http::Request<ReqB>, Response = http::Response<B>>,
     S::Error: Into<BoxError>,
     C: RetryClassifier,
 {
