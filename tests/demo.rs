@@ -72,7 +72,7 @@ async fn run_small(dialect: Dialect) -> summary::Summary {
 /// Asserts what every dialect must show: nothing lost or duplicated, one warning for the requests
 /// dimension, and no API key in the queue's files.
 fn assert_clean_run(summary: &summary::Summary) {
-    assert_eq!(summary.sent, 40, "{summary}");
+    assert_eq!(summary.first.sent, 40, "{summary}");
     assert_eq!(summary.delivery.lost, Vec::<String>::new(), "{summary}");
     assert_eq!(
         summary.delivery.duplicated,
@@ -80,9 +80,9 @@ fn assert_clean_run(summary: &summary::Summary) {
         "{summary}"
     );
     assert_eq!(summary.delivery.still_queued, 0, "{summary}");
-    assert_eq!(summary.not_queued, 0, "{summary}");
-    assert_eq!(summary.queued, 10, "{summary}");
-    assert_eq!(summary.succeeded_first_time, 30, "{summary}");
+    assert_eq!(summary.first.not_queued, 0, "{summary}");
+    assert_eq!(summary.first.queued, 10, "{summary}");
+    assert_eq!(summary.first.succeeded, 30, "{summary}");
     assert_eq!(summary.replay.replayed, 10, "{summary}");
     assert_eq!(summary.replay.failed_attempts, 0, "{summary}");
     assert_eq!(summary.server.ok, 40, "{summary}");

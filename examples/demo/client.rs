@@ -105,6 +105,11 @@ where
     B::Error: Into<BoxError> + Send,
 {
     let count = request_ids.len();
+    tracing::info!(
+        requests = count,
+        concurrency,
+        "sending chat completion requests"
+    );
     let request_ids: Arc<[String]> = request_ids.into();
     let next = Arc::new(AtomicUsize::new(0));
     let not_sent = FirstAttempt::NotQueued("not sent".to_owned());

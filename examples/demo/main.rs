@@ -95,20 +95,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the demo and prints its summary; returns whether nothing was lost.
+/// Runs the demo and prints its summary. Returns `false` when a request was lost or duplicated, or
+/// the API key reached the queue's files.
 async fn run(
     args: Args,
     warnings: &QuotaWarningCounter,
 ) -> Result<bool, tower_quota_queue::BoxError> {
     // The temporary directory is removed on drop unless `--keep` is given.
-    let temp_dir = match &args.queue_dir {
-        Some(_) => None,
-        None => Some(tempfile::Builder::new().prefix("demo-queue-").tempdir()?),
-    };
-    let queue_dir = match (&args.queue_dir, &temp_dir) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(temp)) => temp.path().join("queue"),
-        (None, None) => unreachable!("a temporary directory exists when no directory was given"),
+    let (queue_dir, temp_dir) = match &args.queue_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile::Builder::new().prefix("demo-queue-").tempdir()?;
+            (temp.path().join("queue"), Some(temp))
+        }
     };
     tracing::info!(queue_dir = %queue_dir.display(), "retry queue directory");
     let config = DemoConfig {

@@ -12,12 +12,11 @@ use tower_quota_queue::quota::QuotaTracker;
 use tower_quota_queue::retry_queue::{Backoff, QueuedRequest, RetryQueue};
 use tower_quota_queue::{clock, BoxError};
 
-/// The counts of all replay rounds together.
+/// The counts of the replay worker's run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ReplayTotals {
     pub(crate) replayed: usize,
     pub(crate) failed_attempts: usize,
-    pub(crate) dead_lettered: usize,
     pub(crate) expired: usize,
 }
 
@@ -71,10 +70,15 @@ where
         );
     }
     let report = worker.shutdown().await;
+    tracing::info!(
+        replayed = report.succeeded,
+        failed_replays = report.failed,
+        pending = queue.len(),
+        "replay finished"
+    );
     Ok(ReplayTotals {
         replayed: report.succeeded,
         failed_attempts: report.failed,
-        dead_lettered: report.dead_lettered,
         expired: report.expired,
     })
 }

@@ -1,5 +1,6 @@
 //! One demo run: start the server, send the requests, replay the queue, check the ledger.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,10 +17,10 @@ use tower_quota_queue::retry_queue::{
 };
 use tower_quota_queue::BoxError;
 
-use crate::client::{self, FirstAttempt, QueueCause};
+use crate::client::{self, FirstAttempt};
 use crate::replay;
 use crate::server::{FakeLlmServer, ServerConfig};
-use crate::summary::{Delivery, DimensionStatus, Summary};
+use crate::summary::{Delivery, DimensionStatus, FirstAttemptCounts, Summary};
 use crate::warnings::QuotaWarningCounter;
 
 /// The settings of one run.
@@ -63,11 +64,6 @@ pub(crate) async fn run(
         .map_request(|request: Request<Full<Bytes>>| request.map(QueueBody::from))
         .service(upstream);
 
-    tracing::info!(
-        requests = config.requests,
-        concurrency = config.concurrency,
-        "sending chat completion requests"
-    );
     let sent = client::request_ids(config.requests);
     let outcomes = client::send_all(service, &endpoint, &sent, config.concurrency).await;
     log_first_attempts(&outcomes, queue.len());
@@ -81,35 +77,13 @@ pub(crate) async fn run(
         config.replay_timeout,
     )
     .await?;
-    tracing::info!(
-        replayed = totals.replayed,
-        failed_attempts = totals.failed_attempts,
-        pending = queue.len(),
-        "replay finished"
-    );
 
-    let (stored_ids, unlisted) = replay::stored_request_ids(&queue).await?;
-    if unlisted > 0 {
-        tracing::warn!(
-            unlisted,
-            "some queued items wait for Retry-After and were not listed"
-        );
-    }
-    let dead_lettered = queue.stats().dead;
-    drop(queue);
+    let (stored_ids, dead_lettered) = inspect_queue(queue).await?;
 
     let delivery = Delivery::check(&sent, &server.answered(), &stored_ids);
     Ok(Summary {
         dialect: config.server.dialect.to_string(),
-        sent: outcomes.len(),
-        succeeded_first_time: count(&outcomes, |outcome| *outcome == FirstAttempt::Succeeded),
-        queued: count(&outcomes, |outcome| {
-            matches!(outcome, FirstAttempt::Queued(..))
-        }),
-        queued_by_cause: queued_by_cause(&outcomes),
-        not_queued: count(&outcomes, |outcome| {
-            matches!(outcome, FirstAttempt::NotQueued(_))
-        }),
+        first: FirstAttemptCounts::of(&outcomes),
         replay: totals,
         dead_lettered,
         delivery,
@@ -123,12 +97,29 @@ pub(crate) async fn run(
     })
 }
 
+/// Returns the request ids still stored in the queue and its number of dead letters, then closes
+/// the queue so that sled writes everything to its files.
+async fn inspect_queue(queue: RetryQueue) -> Result<(HashSet<String>, usize), BoxError> {
+    let (stored_ids, unlisted) = replay::stored_request_ids(&queue).await?;
+    if unlisted > 0 {
+        tracing::warn!(
+            unlisted,
+            "queued items still waiting for Retry-After could not be listed and count as lost"
+        );
+    }
+    let dead_lettered = queue.stats().dead;
+    Ok((stored_ids, dead_lettered))
+}
+
 fn log_first_attempts(outcomes: &[FirstAttempt], pending: usize) {
-    let succeeded = count(outcomes, |outcome| *outcome == FirstAttempt::Succeeded);
-    let queued = count(outcomes, |outcome| {
-        matches!(outcome, FirstAttempt::Queued(..))
-    });
-    tracing::info!(succeeded, queued, pending, "first attempts finished");
+    let counts = FirstAttemptCounts::of(outcomes);
+    tracing::info!(
+        succeeded = counts.succeeded,
+        queued = counts.queued,
+        not_queued = counts.not_queued,
+        pending,
+        "first attempts finished"
+    );
 }
 
 /// Returns every quota dimension of `partition` as the tracker saw it last.
@@ -151,20 +142,6 @@ fn quota_status(tracker: &QuotaTracker, partition: &str) -> Vec<DimensionStatus>
                 .and_then(|reset_at| reset_at.duration_since(now).ok()),
         })
         .collect()
-}
-
-fn count(outcomes: &[FirstAttempt], predicate: impl Fn(&FirstAttempt) -> bool) -> usize {
-    outcomes.iter().filter(|outcome| predicate(outcome)).count()
-}
-
-fn queued_by_cause(outcomes: &[FirstAttempt]) -> Vec<(QueueCause, usize)> {
-    let mut counts = std::collections::BTreeMap::new();
-    for outcome in outcomes {
-        if let FirstAttempt::Queued(cause, _) = outcome {
-            *counts.entry(*cause).or_insert(0) += 1;
-        }
-    }
-    counts.into_iter().collect()
 }
 
 /// Returns the `host:port` of an endpoint URL, the partition key that `ByAuthority` derives.

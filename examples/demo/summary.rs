@@ -1,11 +1,11 @@
 //! The demo's closing summary and the server-side loss check.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::client::QueueCause;
+use crate::client::{FirstAttempt, QueueCause};
 use crate::replay::ReplayTotals;
 use crate::server::ServerStats;
 
@@ -49,6 +49,39 @@ impl Delivery {
     }
 }
 
+/// Counts of the first attempts, by outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FirstAttemptCounts {
+    pub(crate) sent: usize,
+    pub(crate) succeeded: usize,
+    pub(crate) queued: usize,
+    pub(crate) queued_by_cause: Vec<(QueueCause, usize)>,
+    pub(crate) not_queued: usize,
+}
+
+impl FirstAttemptCounts {
+    /// Counts `outcomes` by kind, and the queued ones by cause.
+    pub(crate) fn of(outcomes: &[FirstAttempt]) -> Self {
+        let mut counts = Self {
+            sent: outcomes.len(),
+            ..Self::default()
+        };
+        let mut by_cause = BTreeMap::new();
+        for outcome in outcomes {
+            match outcome {
+                FirstAttempt::Succeeded => counts.succeeded += 1,
+                FirstAttempt::Queued(cause, _) => {
+                    counts.queued += 1;
+                    *by_cause.entry(*cause).or_insert(0) += 1;
+                }
+                FirstAttempt::NotQueued(_) => counts.not_queued += 1,
+            }
+        }
+        counts.queued_by_cause = by_cause.into_iter().collect();
+        counts
+    }
+}
+
 /// One quota dimension as the client's tracker saw it last.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct DimensionStatus {
@@ -63,11 +96,7 @@ pub(crate) struct DimensionStatus {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Summary {
     pub(crate) dialect: String,
-    pub(crate) sent: usize,
-    pub(crate) succeeded_first_time: usize,
-    pub(crate) queued: usize,
-    pub(crate) queued_by_cause: Vec<(QueueCause, usize)>,
-    pub(crate) not_queued: usize,
+    pub(crate) first: FirstAttemptCounts,
     pub(crate) replay: ReplayTotals,
     /// Items in the dead-letter tree at the end of the run.
     pub(crate) dead_lettered: usize,
@@ -112,20 +141,21 @@ impl fmt::Display for Summary {
 
 impl Summary {
     fn fmt_requests(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        row(f, "requests sent", self.sent)?;
-        row(f, "succeeded first time", self.succeeded_first_time)?;
-        let causes: Vec<String> = self
+        let first = &self.first;
+        row(f, "requests sent", first.sent)?;
+        row(f, "succeeded first time", first.succeeded)?;
+        let causes: Vec<String> = first
             .queued_by_cause
             .iter()
             .map(|(cause, count)| format!("{cause}: {count}"))
             .collect();
         if causes.is_empty() {
-            row(f, "queued", self.queued)?;
+            row(f, "queued", first.queued)?;
         } else {
-            let queued = format!("{} ({})", self.queued, causes.join(", "));
+            let queued = format!("{} ({})", first.queued, causes.join(", "));
             row(f, "queued", queued)?;
         }
-        row(f, "failed, not queued", self.not_queued)?;
+        row(f, "failed, not queued", first.not_queued)?;
         let replayed = format!(
             "{} ({} replays failed and were requeued)",
             self.replay.replayed, self.replay.failed_attempts
