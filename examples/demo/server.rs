@@ -164,8 +164,14 @@ impl Shared {
 
 async fn accept_loop(listener: TcpListener, router: Router, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _peer)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(error) => {
+                // Errors such as too many open files pass with time, so back off instead of spinning.
+                tracing::warn!(%error, "fake server failed to accept a connection");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
         };
         let router = router.clone();
         let shared = Arc::clone(&shared);
@@ -250,38 +256,52 @@ async fn chat_completions(
         shared.lock().stats.bad_requests += 1;
         return (StatusCode::BAD_REQUEST, "invalid chat completion request").into_response();
     };
-    // Roughly four characters per token, as tokenizers for English text average.
-    let input_tokens = request
-        .messages
-        .iter()
-        .map(|message| message.content.len() as u64 / 4 + 1)
-        .sum::<u64>();
-    let output_tokens = request.max_tokens.min(16 + input_tokens % 48);
-
+    let usage = TokenUsage::estimate(&request);
     let config = &shared.config;
-    let mut state = shared.lock();
-    state.roll_window(config.window);
-    let output_token_limit = config.input_token_limit / 4;
-    let exhausted = state.requests_used >= config.request_limit
-        || state.input_tokens_used + input_tokens > config.input_token_limit
-        || state.output_tokens_used + output_tokens > output_token_limit;
-    if exhausted {
-        state.stats.rate_limited += 1;
-        let quota = state.quota_state(config);
-        drop(state);
-        return rate_limited_response(config.dialect, &quota);
+    let admitted = shared
+        .lock()
+        .admit(config, &request.metadata.request_id, usage);
+    match admitted {
+        Admission::Admitted(quota) => completion_response(config.dialect, &quota, &request, usage),
+        Admission::RateLimited(quota) => rate_limited_response(config.dialect, &quota),
     }
-    state.requests_used += 1;
-    state.input_tokens_used += input_tokens;
-    state.output_tokens_used += output_tokens;
-    state.stats.ok += 1;
-    *state
-        .answered
-        .entry(request.metadata.request_id.clone())
-        .or_insert(0) += 1;
-    let quota = state.quota_state(config);
-    drop(state);
+}
 
+/// The server's decision on a request, with the quota state after it.
+#[derive(Debug)]
+enum Admission {
+    Admitted(QuotaState),
+    RateLimited(QuotaState),
+}
+
+/// The tokens one chat request spends.
+#[derive(Clone, Copy, Debug)]
+struct TokenUsage {
+    input: u64,
+    output: u64,
+}
+
+impl TokenUsage {
+    /// Estimates the tokens of a request: about four characters per input token, and an output
+    /// length derived from the input, capped by `max_tokens`. The fake server needs only plausible
+    /// counts that vary between requests.
+    fn estimate(request: &ChatRequest) -> Self {
+        let input = request
+            .messages
+            .iter()
+            .map(|message| message.content.len() as u64 / 4 + 1)
+            .sum::<u64>();
+        let output = request.max_tokens.min(16 + input % 48);
+        Self { input, output }
+    }
+}
+
+fn completion_response(
+    dialect: Dialect,
+    quota: &QuotaState,
+    request: &ChatRequest,
+    usage: TokenUsage,
+) -> Response {
     let completion = serde_json::json!({
         "object": "chat.completion",
         "choices": [{
@@ -290,9 +310,9 @@ async fn chat_completions(
             "finish_reason": "stop",
         }],
         "usage": {
-            "prompt_tokens": input_tokens,
-            "completion_tokens": output_tokens,
-            "total_tokens": input_tokens + output_tokens,
+            "prompt_tokens": usage.input,
+            "completion_tokens": usage.output,
+            "total_tokens": usage.input + usage.output,
         },
         "metadata": {"request_id": request.metadata.request_id},
     });
@@ -301,7 +321,7 @@ async fn chat_completions(
         completion.to_string(),
     )
         .into_response();
-    dialect::write_headers(config.dialect, &quota, response.headers_mut());
+    dialect::write_headers(dialect, quota, response.headers_mut());
     response
 }
 
@@ -323,6 +343,26 @@ fn rate_limited_response(dialect: Dialect, quota: &QuotaState) -> Response {
 }
 
 impl Accounting {
+    /// Spends one request and its tokens from the current window and records a 200 for
+    /// `request_id`, unless the window cannot afford the request.
+    fn admit(&mut self, config: &ServerConfig, request_id: &str, usage: TokenUsage) -> Admission {
+        self.roll_window(config.window);
+        let output_token_limit = config.input_token_limit / 4;
+        let exhausted = self.requests_used >= config.request_limit
+            || self.input_tokens_used + usage.input > config.input_token_limit
+            || self.output_tokens_used + usage.output > output_token_limit;
+        if exhausted {
+            self.stats.rate_limited += 1;
+            return Admission::RateLimited(self.quota_state(config));
+        }
+        self.requests_used += 1;
+        self.input_tokens_used += usage.input;
+        self.output_tokens_used += usage.output;
+        self.stats.ok += 1;
+        *self.answered.entry(request_id.to_owned()).or_insert(0) += 1;
+        Admission::Admitted(self.quota_state(config))
+    }
+
     fn roll_window(&mut self, window: Duration) {
         if self.window_started.elapsed() >= window {
             self.window_started = Instant::now();
