@@ -476,3 +476,15 @@ async fn release_restores_original_position() {
     let error = queue.release(Uuid::new_v4()).await.unwrap_err();
     assert_eq!(error.kind(), QueueErrorKind::NotInFlight);
 }
+
+#[tokio::test]
+async fn reopen_right_after_drop_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20 {
+        let queue = RetryQueue::open(config(&dir)).unwrap_or_else(|error| {
+            panic!("round {round}: {error}");
+        });
+        queue.enqueue(item(&format!("r{round}"))).await.unwrap();
+        assert_eq!(queue.len(), round + 1);
+    }
+}

@@ -1,6 +1,8 @@
 //! [`Storage`] on sled 0.34.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Db, Transactional, Tree};
@@ -13,6 +15,7 @@ use crate::BoxError;
 /// numeric order.
 #[derive(Debug)]
 pub(crate) struct SledStorage {
+    path: PathBuf,
     db: Db,
     ready: Tree,
     in_flight: Tree,
@@ -26,11 +29,7 @@ impl SledStorage {
             path: path.to_path_buf(),
             source: source.into(),
         })?;
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_capacity)
-            .open()
-            .map_err(|error| open_error(path, error))?;
+        let db = open_db(path, cache_capacity)?;
         let open_tree = |name: &str| {
             db.open_tree(name).map_err(|error| QueueError::Open {
                 path: path.to_path_buf(),
@@ -38,11 +37,73 @@ impl SledStorage {
             })
         };
         Ok(Self {
+            path: path.to_path_buf(),
             ready: open_tree("ready")?,
             in_flight: open_tree("in_flight")?,
             dead: open_tree("dead")?,
             db,
         })
+    }
+}
+
+/// How long an open waits for a database that this process closed moments ago.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Paths of databases that this process closed, with the time they were closed.
+static RELEASED: Mutex<Vec<(PathBuf, Instant)>> = Mutex::new(Vec::new());
+
+/// Opens the sled database, waiting up to [`RELEASE_WAIT`] if this process has just closed it.
+///
+/// sled 0.34 releases its file lock only when its I/O threads finish the writes of a dropped
+/// database, a few milliseconds after the last handle is dropped. Without the wait, reopening a
+/// queue right after dropping it fails now and then with a lock error. A lock held by another
+/// process or by a live handle still fails at once.
+fn open_db(path: &Path, cache_capacity: u64) -> Result<Db, QueueError> {
+    let deadline = Instant::now() + RELEASE_WAIT;
+    loop {
+        let result = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity)
+            .open();
+        match result {
+            Ok(db) => {
+                forget_released(path);
+                return Ok(db);
+            }
+            Err(error) => {
+                let error = open_error(path, error);
+                let retry = matches!(error, QueueError::AlreadyOpen { .. })
+                    && Instant::now() < deadline
+                    && was_released(path);
+                if !retry {
+                    return Err(error);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+fn released_paths() -> std::sync::MutexGuard<'static, Vec<(PathBuf, Instant)>> {
+    RELEASED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn was_released(path: &Path) -> bool {
+    let now = Instant::now();
+    released_paths()
+        .iter()
+        .any(|(released, at)| released == path && now.duration_since(*at) < RELEASE_WAIT)
+}
+
+fn forget_released(path: &Path) {
+    let now = Instant::now();
+    released_paths()
+        .retain(|(released, at)| released != path && now.duration_since(*at) < RELEASE_WAIT);
+}
+
+impl Drop for SledStorage {
+    fn drop(&mut self) {
+        released_paths().push((self.path.clone(), Instant::now()));
     }
 }
 
