@@ -31,7 +31,7 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 ///
 /// The worker skips the partition while `tracker` reports it exhausted, so no replay is spent on
 /// a window the server has already closed.
-pub(crate) async fn drain<S, B>(
+pub(crate) async fn drain<S, B, ReqB>(
     queue: &RetryQueue,
     service: S,
     tracker: &QuotaTracker,
@@ -39,10 +39,11 @@ pub(crate) async fn drain<S, B>(
     timeout: Duration,
 ) -> Result<ReplayTotals, BoxError>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<ReqB>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Send + 'static,
+    ReqB: From<Full<Bytes>> + Send + 'static,
 {
     let worker = queue
         .replay_worker(service)

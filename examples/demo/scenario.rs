@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -60,9 +59,6 @@ pub(crate) async fn run(
     let service = ServiceBuilder::new()
         .layer(RetryQueueLayer::new(queue.clone()))
         .service(upstream.clone());
-    let replay_service = ServiceBuilder::new()
-        .map_request(|request: Request<Full<Bytes>>| request.map(QueueBody::from))
-        .service(upstream);
 
     let sent = client::request_ids(config.requests);
     let outcomes = client::send_all(service, &endpoint, &sent, config.concurrency).await;
@@ -71,7 +67,7 @@ pub(crate) async fn run(
     let partition = endpoint_authority(&endpoint);
     let totals = replay::drain(
         &queue,
-        replay_service,
+        upstream,
         &tracker,
         config.concurrency,
         config.replay_timeout,
