@@ -86,6 +86,7 @@ fn assert_clean_run(summary: &summary::Summary) {
     assert_eq!(summary.replay.replayed, 10, "{summary}");
     assert_eq!(summary.replay.failed_attempts, 0, "{summary}");
     assert_eq!(summary.server.ok, 40, "{summary}");
+    assert_eq!(summary.server.unauthorized, 0, "{summary}");
     assert_eq!(summary.quota_warnings, 1, "{summary}");
     assert!(!summary.secret_on_disk, "{summary}");
     assert!(!summary.failed(), "{summary}");

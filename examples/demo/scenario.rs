@@ -164,3 +164,29 @@ pub(crate) fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_contains_finds_nested_secret() {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let nested = dir.path().join("blobs");
+        std::fs::create_dir(&nested).expect("create a nested directory");
+        std::fs::write(nested.join("7"), b"header\0sk-secret-42\0tail").expect("write a file");
+
+        assert!(dir_contains(dir.path(), b"sk-secret-42"));
+        assert!(!dir_contains(dir.path(), b"sk-secret-43"));
+        assert!(!dir_contains(&dir.path().join("missing"), b"sk-secret-42"));
+    }
+
+    #[test]
+    fn endpoint_authority_is_host_and_port() {
+        assert_eq!(
+            endpoint_authority("http://127.0.0.1:8080/v1/chat/completions"),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(endpoint_authority("not a url"), "");
+    }
+}
