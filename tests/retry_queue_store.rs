@@ -117,6 +117,10 @@ async fn nack_dead_letters_after_max_attempts() {
     assert_eq!(dead[0].id(), id);
     assert_eq!(dead[0].attempts(), 2);
     assert_eq!(dead[0].last_error(), Some("e2"));
+
+    assert_eq!(queue.clear_dead_letters().unwrap(), 1);
+    assert_eq!(queue.stats().dead, 0);
+    assert!(queue.dead_letters().unwrap().is_empty());
 }
 
 #[tokio::test]

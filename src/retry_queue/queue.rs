@@ -593,6 +593,25 @@ impl RetryQueue {
             .min()
     }
 
+    /// Deletes every dead letter and returns how many were deleted.
+    ///
+    /// Dead letters do not count toward `max_size`, so they stay on disk until this is called.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::Storage`] when sled fails. Dead letters deleted before the failure stay
+    /// deleted.
+    pub fn clear_dead_letters(&self) -> Result<usize, QueueError> {
+        let mut state = self.lock();
+        let removed = self
+            .inner
+            .storage
+            .clear_dead_letters()
+            .map_err(QueueError::Storage)?;
+        state.dead = 0;
+        Ok(removed)
+    }
+
     /// Returns the notification that fires after every enqueue and nack.
     ///
     /// Both `notify_waiters` and `notify_one` are called, so a waiter that registered late still

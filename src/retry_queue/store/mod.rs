@@ -58,6 +58,8 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug + 'static {
     fn dead_letter_ready(&self, key: u64) -> Result<(), BoxError>;
     /// Returns every dead letter in key order.
     fn dead_letters(&self) -> Result<Vec<Vec<u8>>, BoxError>;
+    /// Removes every dead letter and returns how many there were.
+    fn clear_dead_letters(&self) -> Result<usize, BoxError>;
     /// Writes every change made so far to disk. Blocks.
     fn flush(&self) -> Result<(), BoxError>;
 }

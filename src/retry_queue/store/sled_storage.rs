@@ -278,6 +278,14 @@ impl Storage for SledStorage {
             .collect()
     }
 
+    fn clear_dead_letters(&self) -> Result<usize, BoxError> {
+        let mut removed = 0;
+        while self.dead.pop_min()?.is_some() {
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     fn flush(&self) -> Result<(), BoxError> {
         self.db.flush()?;
         Ok(())
