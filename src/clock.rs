@@ -50,9 +50,25 @@ fn wall_clock_at(
 pub fn instant_at(deadline: SystemTime) -> Instant {
     let now_instant = Instant::now();
     match deadline.duration_since(now()) {
-        Ok(ahead) => now_instant + ahead,
+        Ok(ahead) => instant_after(now_instant, ahead),
         Err(_) => now_instant,
     }
+}
+
+/// The longest wait this crate schedules: about 30 years. Deadlines further out are clamped to it,
+/// because adding a larger duration to an instant can overflow.
+pub(crate) const FAR_FUTURE: std::time::Duration =
+    std::time::Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
+/// Adds `delay` to `instant`, clamping the delay to [`FAR_FUTURE`].
+pub(crate) fn instant_after(instant: Instant, delay: std::time::Duration) -> Instant {
+    instant + delay.min(FAR_FUTURE)
+}
+
+/// Adds `delay` to `time`, clamping the delay to [`FAR_FUTURE`].
+pub(crate) fn time_after(time: SystemTime, delay: std::time::Duration) -> SystemTime {
+    let delay = delay.min(FAR_FUTURE);
+    time.checked_add(delay).unwrap_or(time)
 }
 
 #[cfg(test)]
@@ -60,6 +76,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn far_deadlines_clamped_without_overflow() {
+        let start = Instant::now();
+        assert_eq!(instant_after(start, Duration::MAX), start + FAR_FUTURE);
+        let time = SystemTime::UNIX_EPOCH;
+        assert_eq!(time_after(time, Duration::MAX), time + FAR_FUTURE);
+        assert!(instant_at(now() + FAR_FUTURE + FAR_FUTURE) > start);
+    }
 
     #[test]
     fn wall_clock_follows_instants_before_and_after_base() {

@@ -197,9 +197,9 @@ pub struct WorkerReport {
     pub dead_lettered: usize,
     /// Stale items removed without a replay.
     pub expired: usize,
-    /// Replays still running at shutdown after the timeout, cancelled and returned to the queue
-    /// without a backoff. The cancelled replay counts as one attempt of its item, because the
-    /// upstream may have received it.
+    /// Replays still running at shutdown after the timeout, cancelled and released: each item
+    /// returns to its original place in the queue with its attempt count unchanged, so repeated
+    /// shutdowns cannot dead-letter an item whose replays never finished.
     pub interrupted: usize,
 }
 

@@ -37,7 +37,8 @@ pub(super) struct Worker<C> {
 /// The result of one replay.
 enum Outcome {
     Succeeded,
-    /// The worker cancelled the replay at shutdown. The item goes back without a backoff.
+    /// The worker cancelled the replay at shutdown. The item goes back to its place without a
+    /// backoff or an attempt, as it would after a crash.
     Interrupted,
     Failed {
         error: String,
@@ -139,7 +140,7 @@ impl<C: RetryClassifier> Worker<C> {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "replay worker failed to take an item, retrying in 1 s");
-                    return Some(now + STORAGE_RETRY_DELAY);
+                    return Some(clock::time_after(now, STORAGE_RETRY_DELAY));
                 }
             }
         }
@@ -203,8 +204,7 @@ impl<C: RetryClassifier> Worker<C> {
             Outcome::Succeeded => self.ack(lease.id, report).await,
             Outcome::Interrupted => {
                 report.interrupted += 1;
-                let error = "replay cancelled by worker shutdown";
-                if let Err(queue_error) = self.queue.nack(lease.id, error, None).await {
+                if let Err(queue_error) = self.queue.release(lease.id).await {
                     tracing::warn!(
                         request_id = %lease.id,
                         error = %queue_error,
@@ -240,7 +240,7 @@ impl<C: RetryClassifier> Worker<C> {
         report.failed += 1;
         let failures = lease.attempts.saturating_add(1);
         let delay = self.backoff.delay(failures);
-        let backed_off = clock::now() + delay;
+        let backed_off = clock::time_after(clock::now(), delay);
         let not_before = retry_after.map_or(backed_off, |at| at.max(backed_off));
         match self.queue.nack(lease.id, error, Some(not_before)).await {
             Ok(NackOutcome::DeadLettered) => report.dead_lettered += 1,
@@ -262,7 +262,7 @@ impl<C: RetryClassifier> Worker<C> {
     /// Lets running replays finish until the shutdown timeout, then cancels the rest and returns
     /// their items to the queue.
     async fn stop(&self, mut running: Running, mut report: WorkerReport) -> WorkerReport {
-        let deadline = Instant::now() + self.shutdown_timeout;
+        let deadline = clock::instant_after(Instant::now(), self.shutdown_timeout);
         loop {
             tokio::select! {
                 joined = running.tasks.join_next_with_id() => match joined {
