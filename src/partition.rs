@@ -27,8 +27,11 @@ pub trait Partitioner: Send + Sync + 'static {
     fn partition<'a>(&self, uri: &'a Uri, headers: &'a HeaderMap) -> Cow<'a, str>;
 }
 
-/// The default partitioner: the URI's authority (`host` or `host:port`), or an empty key for a URI
-/// without one.
+/// The default partitioner: the URI's host and port (`host` or `host:port`), or an empty key for a
+/// URI without an authority.
+///
+/// User information in the authority (`user:password@`) is left out, so credentials in a URI never
+/// become a partition key, which is logged and persisted.
 ///
 /// # Example
 ///
@@ -44,7 +47,12 @@ pub struct ByAuthority;
 
 impl Partitioner for ByAuthority {
     fn partition<'a>(&self, uri: &'a Uri, _headers: &'a HeaderMap) -> Cow<'a, str> {
-        Cow::Borrowed(uri.authority().map_or("", |authority| authority.as_str()))
+        let authority = uri.authority().map_or("", |authority| authority.as_str());
+        // The host cannot contain '@', so everything up to the last one is user information.
+        let host_and_port = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        Cow::Borrowed(host_and_port)
     }
 }
 
@@ -70,5 +78,32 @@ impl Default for SharedPartitioner {
 impl fmt::Debug for SharedPartitioner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedPartitioner").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(uri: &str) -> String {
+        let uri: Uri = uri.parse().unwrap();
+        ByAuthority.partition(&uri, &HeaderMap::new()).into_owned()
+    }
+
+    #[test]
+    fn by_authority_keeps_host_and_port() {
+        assert_eq!(key_of("https://api.example.com/v1"), "api.example.com");
+        assert_eq!(key_of("http://127.0.0.1:8080/"), "127.0.0.1:8080");
+        assert_eq!(key_of("/relative/path"), "");
+    }
+
+    #[test]
+    fn by_authority_drops_user_information() {
+        assert_eq!(
+            key_of("http://user:s3cret@api.example.com/"),
+            "api.example.com"
+        );
+        assert_eq!(key_of("http://token@[::1]:9000/"), "[::1]:9000");
+        assert_eq!(key_of("http://a@b:c@host:1/"), "host:1");
     }
 }
