@@ -137,3 +137,119 @@ impl Drop for Flusher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::retry_queue::error::QueueErrorKind;
+    use crate::retry_queue::store::Loaded;
+    use crate::BoxError;
+
+    /// A storage whose flush counts its calls, waits until `hold_until` tickets were handed out,
+    /// and fails when `fail` is set.
+    #[derive(Debug, Default)]
+    struct FlushProbe {
+        flushes: AtomicUsize,
+        fail: bool,
+        hold_until: u64,
+        shared: Mutex<Option<Arc<Shared>>>,
+    }
+
+    impl Storage for FlushProbe {
+        fn load(&self, _visit: &mut dyn FnMut(u64, &[u8])) -> Result<Loaded, BoxError> {
+            Ok(Loaded::default())
+        }
+        fn insert_ready(&self, _key: u64, _record: &[u8]) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn remove_ready(&self, _key: u64) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn get_ready(&self, _key: u64) -> Result<Option<Vec<u8>>, BoxError> {
+            Ok(None)
+        }
+        fn lease(&self, _key: u64) -> Result<Option<Vec<u8>>, BoxError> {
+            Ok(None)
+        }
+        fn get_in_flight(&self, _key: u64) -> Result<Option<Vec<u8>>, BoxError> {
+            Ok(None)
+        }
+        fn remove_in_flight(&self, _key: u64) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn release(&self, _key: u64) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn requeue(&self, _old: u64, _new: u64, _record: &[u8]) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn dead_letter_in_flight(&self, _key: u64, _record: &[u8]) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn dead_letter_ready(&self, _key: u64) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn dead_letters(&self) -> Result<Vec<Vec<u8>>, BoxError> {
+            Ok(Vec::new())
+        }
+        fn clear_dead_letters(&self) -> Result<usize, BoxError> {
+            Ok(0)
+        }
+
+        fn flush(&self) -> Result<(), BoxError> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            let shared = self.shared.lock().unwrap().clone();
+            if let Some(shared) = shared {
+                while shared.requests.lock().unwrap().latest < self.hold_until {
+                    std::thread::yield_now();
+                }
+            }
+            if self.fail {
+                return Err("disk full".into());
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_waiters_share_flushes() {
+        let probe = Arc::new(FlushProbe {
+            hold_until: 64,
+            ..FlushProbe::default()
+        });
+        let flusher = Arc::new(Flusher::start(probe.clone()).unwrap());
+        *probe.shared.lock().unwrap() = Some(Arc::clone(&flusher.shared));
+
+        let mut waiters = Vec::new();
+        for _ in 0..64 {
+            let flusher = Arc::clone(&flusher);
+            waiters.push(tokio::spawn(async move { flusher.flush().await }));
+        }
+        for waiter in waiters {
+            waiter.await.unwrap().unwrap();
+        }
+        // The first flush is held until all 64 tickets exist, so one more flush covers the rest.
+        let flushes = probe.flushes.load(Ordering::SeqCst);
+        assert!(
+            (1..=2).contains(&flushes),
+            "{flushes} flushes for 64 waiters"
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_flush_reaches_every_waiter() {
+        let probe = Arc::new(FlushProbe {
+            fail: true,
+            ..FlushProbe::default()
+        });
+        let flusher = Flusher::start(probe).unwrap();
+        let (first, second) = tokio::join!(flusher.flush(), flusher.flush());
+        assert_eq!(first.unwrap_err().kind(), QueueErrorKind::Flush);
+        let second = second.unwrap_err();
+        assert_eq!(second.kind(), QueueErrorKind::Flush);
+        let source = std::error::Error::source(&second).unwrap();
+        assert_eq!(source.to_string(), "disk full");
+    }
+}
