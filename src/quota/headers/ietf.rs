@@ -32,7 +32,7 @@ pub(super) fn read<'a>(collector: &mut Collector<'a>, name: &str, text: &'a str)
             Understood::store(at, |at| ietf.set_reset(at, ResetPrecision::Primary))
         }
         "ratelimit-resettime" => {
-            Understood::store(httpdate::parse_http_date(text.trim()).ok(), |at| {
+            Understood::store(httpdate::parse_http_date(text.trim_ascii()).ok(), |at| {
                 ietf.set_reset(at, ResetPrecision::Fallback);
             })
         }
@@ -157,18 +157,18 @@ fn dictionary_entry(member: &str) -> Option<(&str, &str)> {
         return None;
     }
     let (key, value) = member.split_once('=')?;
-    (!key.contains(';') && !value.contains(';')).then(|| (key.trim(), value.trim()))
+    (!key.contains(';') && !value.contains(';')).then(|| (key.trim_ascii(), value.trim_ascii()))
 }
 
 /// Splits a structured-field item into its name (a string or token) and its parameters.
 fn parse_item(member: &str) -> Option<(&str, impl Iterator<Item = (&str, &str)>)> {
-    let member = member.trim();
+    let member = member.trim_ascii();
     let (name, params) = if let Some(quoted) = member.strip_prefix('"') {
         let end = quoted.find('"')?;
         (&quoted[..end], &quoted[end + 1..])
     } else {
         let end = member.find(';').unwrap_or(member.len());
-        (member[..end].trim(), &member[end..])
+        (member[..end].trim_ascii(), &member[end..])
     };
     if name.is_empty() || !(params.is_empty() || params.trim_start().starts_with(';')) {
         return None;
@@ -176,7 +176,7 @@ fn parse_item(member: &str) -> Option<(&str, impl Iterator<Item = (&str, &str)>)
     let params = params
         .split(';')
         .filter_map(|param| param.split_once('='))
-        .map(|(key, value)| (key.trim(), value.trim()));
+        .map(|(key, value)| (key.trim_ascii(), value.trim_ascii()));
     Some((name, params))
 }
 
@@ -215,7 +215,7 @@ impl<'a> Iterator for Members<'a> {
                     _ => {}
                 }
             }
-            let member = self.rest[..end].trim();
+            let member = self.rest[..end].trim_ascii();
             self.rest = self.rest.get(end + 1..).unwrap_or("");
             if !member.is_empty() {
                 return Some(member);

@@ -28,7 +28,7 @@ pub(super) fn read_x_ratelimit<'a>(
             }
         }),
         "resource" | "bucket" => {
-            let name = text.trim();
+            let name = text.trim_ascii();
             Understood::store((!name.is_empty()).then_some(name), |name| {
                 collector.legacy_name = Some(name);
             })

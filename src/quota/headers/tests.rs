@@ -510,6 +510,17 @@ proptest! {
                 prop_assert!(remaining <= limit);
             }
         }
+
+        let tracker = crate::quota::QuotaTracker::new();
+        tracker.record_response("p", http::StatusCode::TOO_MANY_REQUESTS, &map);
+        tracker.record_response("p", http::StatusCode::OK, &map);
+        for partition in tracker.snapshot() {
+            for info in partition.dimensions {
+                if let Some(usage) = info.usage {
+                    prop_assert!((0.0..=1.0).contains(&usage), "usage {usage}");
+                }
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@ const EPOCH_MILLIS_FROM: f64 = 1e12;
 /// Parses a non-negative decimal number (`42`, `598.0`, `1.25`) without sign, exponent or
 /// special values.
 pub(crate) fn parse_decimal(value: &str) -> Option<f64> {
-    let value = value.trim();
+    let value = value.trim_ascii();
     let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
     if whole.is_empty() && fraction.is_empty() {
         return None;
@@ -54,9 +54,12 @@ fn is_integer(value: &str) -> bool {
 
 /// Parses a count of requests or tokens. A fractional count (`598.0`) is rounded down.
 pub(crate) fn parse_count(value: &str) -> Option<u64> {
-    let value = value.trim();
+    let value = value.trim_ascii();
     if is_integer(value) {
-        return value.parse().ok();
+        // Digits only, so the only failure left is overflow.
+        return value.bytes().try_fold(0u64, |total, byte| {
+            total.checked_mul(10)?.checked_add(u64::from(byte - b'0'))
+        });
     }
     let number = parse_decimal(value)?;
     // 2^63 leaves room for the sums and differences the tracker computes.
@@ -70,7 +73,7 @@ pub(crate) fn seconds(value: f64) -> Option<Duration> {
 
 /// Parses a non-negative decimal number of seconds (`30`, `2.0`, `1.234`).
 pub(crate) fn parse_seconds(value: &str) -> Option<Duration> {
-    let value = value.trim();
+    let value = value.trim_ascii();
     if is_integer(value) {
         return value.parse().ok().map(Duration::from_secs);
     }
@@ -93,7 +96,7 @@ pub(crate) fn parse_reset_number(value: &str, now: SystemTime) -> Option<SystemT
 /// Parses a Go duration string such as `6m0s`, `1m30.5s`, `20ms` or `1h2m`. A bare number is
 /// read as a bare reset number instead, because some servers send plain seconds.
 pub(crate) fn parse_reset_duration(value: &str, now: SystemTime) -> Option<SystemTime> {
-    let value = value.trim();
+    let value = value.trim_ascii();
     if let Some(at) = parse_reset_number(value, now) {
         return Some(at);
     }
@@ -103,7 +106,7 @@ pub(crate) fn parse_reset_duration(value: &str, now: SystemTime) -> Option<Syste
 /// Parses a Go duration string: one or more decimal numbers, each followed by a unit out of
 /// `h`, `m`, `s`, `ms`, `us` (or `µs`) and `ns`.
 pub(crate) fn parse_go_duration(value: &str) -> Option<Duration> {
-    let mut rest = value.trim();
+    let mut rest = value.trim_ascii();
     if rest.is_empty() {
         return None;
     }
@@ -137,7 +140,7 @@ pub(crate) fn parse_go_duration(value: &str) -> Option<Duration> {
 /// Parses an RFC 3339 timestamp such as `2024-03-15T12:00:30Z`, `2024-03-15T12:00:30.5Z` or
 /// `2024-03-15T14:00:30+02:00`.
 pub(crate) fn parse_rfc3339(value: &str) -> Option<SystemTime> {
-    let value = value.trim();
+    let value = value.trim_ascii();
     let bytes = value.as_bytes();
     if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' {
         return None;
@@ -226,7 +229,7 @@ fn days_from_civil(year: u32, month: u32, day: u32) -> i64 {
 pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<SystemTime> {
     match parse_seconds(value) {
         Some(delay) => now.checked_add(delay),
-        None => httpdate::parse_http_date(value.trim()).ok(),
+        None => httpdate::parse_http_date(value.trim_ascii()).ok(),
     }
 }
 
