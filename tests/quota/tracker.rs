@@ -404,3 +404,26 @@ fn clones_share_state() {
     clone.update_from_headers(&legacy("10", "5", "30"));
     assert_eq!(tracker.status().usage, Some(0.5));
 }
+
+#[test]
+fn concurrent_updates_keep_lowest_remaining() {
+    let tracker = QuotaTracker::new();
+    let workers: Vec<_> = (0..4u64)
+        .map(|worker| {
+            let tracker = tracker.clone();
+            std::thread::spawn(move || {
+                for step in (0..250u64).rev() {
+                    let remaining = (step * 4 + worker + 100).to_string();
+                    let map = legacy("10000", &remaining, "3600");
+                    tracker.record_response("api", StatusCode::OK, &map);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("worker finished");
+    }
+    let status = tracker.status_of("api").expect("partition seen");
+    assert_eq!(status.remaining, Some(100));
+    assert_eq!(status.limit, Some(10_000));
+}
