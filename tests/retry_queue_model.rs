@@ -19,6 +19,7 @@ const TTL: Duration = Duration::from_secs(100);
 enum Op {
     Enqueue,
     Take,
+    TakePartition(bool),
     Ack(usize),
     Nack(usize, bool),
     Release(usize),
@@ -31,6 +32,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => Just(Op::Enqueue),
         3 => Just(Op::Take),
+        1 => any::<bool>().prop_map(Op::TakePartition),
         2 => any::<usize>().prop_map(Op::Ack),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(index, delay)| Op::Nack(index, delay)),
         1 => any::<usize>().prop_map(Op::Release),
@@ -43,6 +45,7 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Clone, Copy, Debug)]
 struct Item {
     id: Uuid,
+    odd: bool,
     enqueued_at: SystemTime,
     attempts: u32,
     not_before: Option<SystemTime>,
@@ -64,13 +67,14 @@ impl Model {
     }
 
     /// Returns the expected outcome of an enqueue: `None` for a full queue.
-    fn enqueue(&mut self, id: Uuid, now: SystemTime) -> Option<Uuid> {
+    fn enqueue(&mut self, id: Uuid, odd: bool, now: SystemTime) -> Option<Uuid> {
         if self.ready.len() + self.in_flight.len() >= MAX_SIZE {
             let oldest = *self.ready.keys().next()?;
             self.ready.remove(&oldest);
         }
         let item = Item {
             id,
+            odd,
             enqueued_at: now,
             attempts: 0,
             not_before: None,
@@ -80,7 +84,8 @@ impl Model {
         Some(id)
     }
 
-    fn take(&mut self, now: SystemTime) -> Option<Item> {
+    /// Takes the oldest ready item, from the partition of `odd` items when `odd` is set.
+    fn take(&mut self, now: SystemTime, odd: Option<bool>) -> Option<Item> {
         let keys: Vec<u64> = self.ready.keys().copied().collect();
         for key in keys {
             let item = self.ready[&key];
@@ -89,6 +94,9 @@ impl Model {
                 continue;
             }
             if item.not_before.is_some_and(|not_before| not_before > now) {
+                continue;
+            }
+            if odd.is_some_and(|odd| odd != item.odd) {
                 continue;
             }
             self.ready.remove(&key);
@@ -137,7 +145,15 @@ fn request(n: usize) -> QueuedRequest {
     let request = http::Request::post(format!("http://127.0.0.1:9/{n}"))
         .body(Bytes::from(vec![b'x'; n % 7]))
         .unwrap();
-    QueuedRequest::new(request, "model")
+    QueuedRequest::new(request, "model").with_partition(partition(n % 2 == 1))
+}
+
+fn partition(odd: bool) -> &'static str {
+    if odd {
+        "odd"
+    } else {
+        "even"
+    }
 }
 
 async fn run(ops: Vec<Op>) {
@@ -152,7 +168,7 @@ async fn run(ops: Vec<Op>) {
             Op::Enqueue => {
                 let item = request(step);
                 let id = item.id();
-                match model.enqueue(id, now) {
+                match model.enqueue(id, step % 2 == 1, now) {
                     Some(expected) => assert_eq!(real.enqueue(item).await.unwrap(), expected),
                     None => {
                         let error = real.enqueue(item).await.unwrap_err();
@@ -161,7 +177,7 @@ async fn run(ops: Vec<Op>) {
                 }
             }
             Op::Take => {
-                let expected = model.take(now);
+                let expected = model.take(now, None);
                 let taken = real.take().await.unwrap();
                 assert_eq!(
                     taken.as_ref().map(QueuedRequest::id),
@@ -171,6 +187,18 @@ async fn run(ops: Vec<Op>) {
                     assert_eq!(taken.attempts(), expected.attempts, "step {step}");
                     assert_eq!(taken.enqueued_at(), expected.enqueued_at, "step {step}");
                 }
+            }
+            Op::TakePartition(odd) => {
+                let expected = model.take(now, Some(odd));
+                let taken = real
+                    .take_where(|item| item.partition() == partition(odd))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    taken.as_ref().map(QueuedRequest::id),
+                    expected.map(|item| item.id),
+                    "step {step}"
+                );
             }
             Op::Ack(index) => {
                 if model.in_flight.is_empty() {
