@@ -239,12 +239,11 @@ impl RetryQueue {
         while state.ready.len() + state.in_flight.len() >= self.inner.config.max_size {
             self.make_room(&mut state)?;
         }
-        let key = state.next_key;
+        let key = state.take_key()?;
         self.inner
             .storage
             .insert_ready(key, bytes)
             .map_err(QueueError::Storage)?;
-        state.next_key += 1;
         state.ready.insert(key, meta);
         state.ready_ids.insert(meta.id, key);
         Ok(())
@@ -470,11 +469,10 @@ impl RetryQueue {
             return Ok(NackOutcome::DeadLettered);
         }
 
-        let new_key = state.next_key;
+        let new_key = state.take_key()?;
         storage
             .requeue(key, new_key, &bytes)
             .map_err(QueueError::Storage)?;
-        state.next_key += 1;
         state.in_flight.remove(&id);
         state.ready.insert(new_key, ItemMeta::of(&item));
         state.ready_ids.insert(id, new_key);
@@ -639,6 +637,16 @@ impl RetryQueue {
 }
 
 impl State {
+    /// Hands out the next sequence number.
+    fn take_key(&mut self) -> Result<u64, QueueError> {
+        let key = self.next_key;
+        // Only a corrupt key near `u64::MAX` can exhaust the sequence numbers.
+        self.next_key = key
+            .checked_add(1)
+            .ok_or_else(|| QueueError::storage("queue sequence numbers are exhausted"))?;
+        Ok(key)
+    }
+
     fn remove_ready(&mut self, key: u64) {
         if let Some(meta) = self.ready.remove(&key) {
             self.ready_ids.remove(&meta.id);

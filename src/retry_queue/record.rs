@@ -98,11 +98,15 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<QueuedRequest, DecodeError> {
         uri,
         headers,
         body: Bytes::copy_from_slice(record.body),
-        enqueued_at: from_parts(record.enqueued_at),
+        enqueued_at: from_parts(record.enqueued_at)
+            .ok_or(DecodeError::InvalidField("enqueued_at"))?,
         original_error: record.original_error.to_owned(),
         attempts: record.attempts,
         last_error: record.last_error.map(str::to_owned),
-        not_before: record.not_before.map(from_parts),
+        not_before: match record.not_before {
+            Some(parts) => Some(from_parts(parts).ok_or(DecodeError::InvalidField("not_before"))?),
+            None => None,
+        },
         partition: record.partition.to_owned(),
     })
 }
@@ -114,8 +118,10 @@ fn to_parts(time: SystemTime) -> (u64, u32) {
     (since_epoch.as_secs(), since_epoch.subsec_nanos())
 }
 
-fn from_parts((secs, nanos): (u64, u32)) -> SystemTime {
-    UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999))
+/// Joins seconds and nanoseconds since the Unix epoch, or returns `None` for a time that
+/// `SystemTime` cannot represent.
+fn from_parts((secs, nanos): (u64, u32)) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos.min(999_999_999)))
 }
 
 #[cfg(test)]
@@ -170,9 +176,48 @@ mod tests {
     }
 
     #[test]
+    fn record_time_out_of_range_rejected() {
+        let item = sample();
+        let record = RecordV1 {
+            id: item.id.into_bytes(),
+            method: "GET",
+            uri: "http://127.0.0.1/".into(),
+            headers: Vec::new(),
+            body: b"",
+            enqueued_at: (u64::MAX, 0),
+            original_error: "",
+            attempts: 0,
+            last_error: None,
+            not_before: None,
+            partition: "",
+        };
+        let mut bytes = vec![FORMAT_VERSION];
+        bytes.extend(postcard::to_allocvec(&record).unwrap());
+        assert!(matches!(
+            decode(&bytes),
+            Err(DecodeError::InvalidField("enqueued_at"))
+        ));
+    }
+
+    #[test]
     fn record_truncated_rejected() {
         let bytes = encode(&sample()).unwrap();
         assert!(decode(&bytes[..bytes.len() / 2]).is_err());
         assert!(matches!(decode(&[]), Err(DecodeError::Empty)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn record_decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn record_decode_of_mutated_record_never_panics(index in 0usize..4096, value in proptest::prelude::any::<u8>()) {
+            let mut bytes = encode(&sample()).unwrap();
+            let position = index % bytes.len();
+            bytes[position] = value;
+            let _ = decode(&bytes);
+        }
     }
 }
