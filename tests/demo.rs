@@ -40,8 +40,9 @@ fn warning_counter() -> &'static QuotaWarningCounter {
     })
 }
 
-/// Returns the settings of a 40-request run: 10 succeed, 8 meet the outage, then the window of 30
-/// runs out.
+/// Returns the settings of a 40-request run. The first 10 succeed. The next 8 meet the outage: 3
+/// get a 503, 3 a dropped connection, and 2 are completed but lose their response. Of the
+/// remaining 22, the window of 30 completions affords 18, and 4 get a 429.
 fn small_config(dialect: Dialect, queue_dir: &std::path::Path) -> DemoConfig {
     DemoConfig {
         requests: 40,
@@ -54,6 +55,7 @@ fn small_config(dialect: Dialect, queue_dir: &std::path::Path) -> DemoConfig {
             outage_start: 11,
             outage_requests: 8,
             outage_mode: OutageMode::Mixed,
+            deduplicate_by_idempotency_key: true,
             api_key: API_KEY.to_owned(),
         },
         queue_dir: queue_dir.join("queue"),
@@ -63,7 +65,10 @@ fn small_config(dialect: Dialect, queue_dir: &std::path::Path) -> DemoConfig {
 
 async fn run_small(dialect: Dialect) -> summary::Summary {
     let dir = tempfile::tempdir().expect("create a temporary directory");
-    let config = small_config(dialect, dir.path());
+    run_config(small_config(dialect, dir.path())).await
+}
+
+async fn run_config(config: DemoConfig) -> summary::Summary {
     scenario::run(&config, warning_counter())
         .await
         .expect("demo run completes")
@@ -81,11 +86,13 @@ fn assert_clean_run(summary: &summary::Summary) {
     );
     assert_eq!(summary.delivery.still_queued, 0, "{summary}");
     assert_eq!(summary.first.not_queued, 0, "{summary}");
-    assert_eq!(summary.first.queued, 10, "{summary}");
-    assert_eq!(summary.first.succeeded, 30, "{summary}");
-    assert_eq!(summary.replay.replayed, 10, "{summary}");
+    assert_eq!(summary.first.queued, 12, "{summary}");
+    assert_eq!(summary.first.succeeded, 28, "{summary}");
+    assert_eq!(summary.replay.replayed, 12, "{summary}");
     assert_eq!(summary.replay.failed_attempts, 0, "{summary}");
     assert_eq!(summary.server.ok, 40, "{summary}");
+    assert_eq!(summary.server.lost_responses, 2, "{summary}");
+    assert_eq!(summary.server.deduplicated, 2, "{summary}");
     assert_eq!(summary.server.unauthorized, 0, "{summary}");
     assert_eq!(summary.quota_warnings, 1, "{summary}");
     assert!(!summary.secret_on_disk, "{summary}");
@@ -133,4 +140,20 @@ async fn demo_ietf_loses_nothing_and_warns() {
         .map(|status| status.dimension.as_str())
         .collect();
     assert_eq!(dimensions, ["requests", "tokens"], "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_ignored_idempotency_key_duplicates() {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let mut config = small_config(Dialect::Openai, dir.path());
+    config.server.deduplicate_by_idempotency_key = false;
+
+    let summary = run_config(config).await;
+
+    // The two requests whose response was lost are completed again by their replay.
+    assert_eq!(summary.delivery.duplicated.len(), 2, "{summary}");
+    assert_eq!(summary.delivery.lost, Vec::<String>::new(), "{summary}");
+    assert_eq!(summary.server.deduplicated, 0, "{summary}");
+    assert_eq!(summary.server.ok, 42, "{summary}");
+    assert!(summary.failed(), "{summary}");
 }

@@ -110,6 +110,7 @@ async fn readme_snippet_queues_then_replays() {
         outage_start: 1,
         outage_requests: 1,
         outage_mode: OutageMode::Unavailable,
+        deduplicate_by_idempotency_key: true,
         api_key: api_key.to_owned(),
     })
     .await
@@ -127,5 +128,5 @@ async fn readme_snippet_queues_then_replays() {
     assert_eq!(report.succeeded, 1);
     assert_eq!(report.failed, 0);
     assert_eq!(server.stats().unavailable, 1);
-    assert_eq!(server.answered().get("readme-1"), Some(&1));
+    assert_eq!(server.completed().get("readme-1"), Some(&1));
 }

@@ -45,6 +45,10 @@ struct Args {
     /// Failure mode of the server during the outage.
     #[arg(long, value_enum, default_value_t = OutageMode::Mixed)]
     outage_mode: OutageMode,
+    /// Make the server ignore `Idempotency-Key`, so a replay of a request whose response was lost
+    /// completes it a second time.
+    #[arg(long)]
+    ignore_idempotency_key: bool,
     /// Format of the quota headers the server sends.
     #[arg(long, value_enum, default_value_t = Dialect::Openai)]
     dialect: Dialect,
@@ -121,6 +125,7 @@ async fn run(
             outage_start: args.outage_start,
             outage_requests: args.outage,
             outage_mode: args.outage_mode,
+            deduplicate_by_idempotency_key: !args.ignore_idempotency_key,
             api_key: format!("sk-demo-{}", uuid::Uuid::new_v4().simple()),
         },
         queue_dir,

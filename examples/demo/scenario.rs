@@ -76,7 +76,7 @@ pub(crate) async fn run(
 
     let (stored_ids, dead_lettered) = inspect_queue(queue).await?;
 
-    let delivery = Delivery::check(&sent, &server.answered(), &stored_ids);
+    let delivery = Delivery::check(&sent, &server.completed(), &stored_ids);
     Ok(Summary {
         dialect: config.server.dialect.to_string(),
         first: FirstAttemptCounts::of(&outcomes),

@@ -28,7 +28,9 @@ pub(crate) enum OutageMode {
     Unavailable,
     /// Close the connection without a response.
     Drop,
-    /// Alternate between the two, starting with 503.
+    /// Complete the request, then close the connection before the response is written.
+    LostResponse,
+    /// Cycle through 503, a dropped connection and a lost response.
     Mixed,
 }
 
@@ -47,6 +49,9 @@ pub(crate) struct ServerConfig {
     /// How many arriving requests fail during the outage.
     pub(crate) outage_requests: u64,
     pub(crate) outage_mode: OutageMode,
+    /// Whether a request whose `Idempotency-Key` was completed before gets the stored completion
+    /// instead of a second one.
+    pub(crate) deduplicate_by_idempotency_key: bool,
     /// The bearer token that every request must carry.
     pub(crate) api_key: String,
 }
@@ -56,7 +61,12 @@ pub(crate) struct ServerConfig {
 pub(crate) struct ServerStats {
     /// Requests that arrived, including those that met the outage.
     pub(crate) received: u64,
+    /// Completions produced, each spending quota.
     pub(crate) ok: u64,
+    /// Requests answered with a stored completion because their `Idempotency-Key` was seen.
+    pub(crate) deduplicated: u64,
+    /// Completions whose response the outage discarded.
+    pub(crate) lost_responses: u64,
     pub(crate) rate_limited: u64,
     pub(crate) unavailable: u64,
     pub(crate) dropped: u64,
@@ -86,8 +96,10 @@ struct Accounting {
     input_tokens_used: u64,
     output_tokens_used: u64,
     stats: ServerStats,
-    /// The number of 200 responses per request id.
-    answered: HashMap<String, u32>,
+    /// The number of completions per request id.
+    completed: HashMap<String, u32>,
+    /// The completion body stored per `Idempotency-Key`.
+    completions_by_key: HashMap<String, String>,
 }
 
 impl FakeLlmServer {
@@ -104,7 +116,8 @@ impl FakeLlmServer {
                 input_tokens_used: 0,
                 output_tokens_used: 0,
                 stats: ServerStats::default(),
-                answered: HashMap::new(),
+                completed: HashMap::new(),
+                completions_by_key: HashMap::new(),
             }),
         });
         let router = Router::new()
@@ -127,9 +140,10 @@ impl FakeLlmServer {
         self.shared.lock().stats.clone()
     }
 
-    /// Returns the number of 200 responses per request id.
-    pub(crate) fn answered(&self) -> HashMap<String, u32> {
-        self.shared.lock().answered.clone()
+    /// Returns the number of completions per request id. A request answered from the
+    /// idempotency store adds none.
+    pub(crate) fn completed(&self) -> HashMap<String, u32> {
+        self.shared.lock().completed.clone()
     }
 }
 
@@ -155,8 +169,11 @@ impl Shared {
             return None;
         }
         match config.outage_mode {
-            OutageMode::Mixed if offset % 2 == 0 => Some(OutageMode::Unavailable),
-            OutageMode::Mixed => Some(OutageMode::Drop),
+            OutageMode::Mixed => match offset % 3 {
+                0 => Some(OutageMode::Unavailable),
+                1 => Some(OutageMode::Drop),
+                _ => Some(OutageMode::LostResponse),
+            },
             mode => Some(mode),
         }
     }
@@ -203,6 +220,17 @@ async fn handle_connection_request(
             state.stats.dropped += 1;
             drop(state);
             Err(std::io::Error::other("outage: connection dropped"))
+        }
+        Some(OutageMode::LostResponse) => {
+            shared.lock().stats.received += 1;
+            let response = match router.oneshot(request).await {
+                Ok(response) => response,
+                Err(infallible) => match infallible {},
+            };
+            if response.status() == StatusCode::OK {
+                shared.lock().stats.lost_responses += 1;
+            }
+            Err(std::io::Error::other("outage: response lost"))
         }
         Some(_) => {
             let mut state = shared.lock();
@@ -256,14 +284,38 @@ async fn chat_completions(
         shared.lock().stats.bad_requests += 1;
         return (StatusCode::BAD_REQUEST, "invalid chat completion request").into_response();
     };
-    let usage = TokenUsage::estimate(&request);
     let config = &shared.config;
-    let admitted = shared
-        .lock()
-        .admit(config, &request.metadata.request_id, usage);
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok())
+        .filter(|_| config.deduplicate_by_idempotency_key);
+    let usage = TokenUsage::estimate(&request);
+    let mut state = shared.lock();
+    // Quota headers on a stored completion must describe the current window, not an expired one.
+    state.roll_window(config.window);
+    if let Some(stored) = idempotency_key.and_then(|key| state.completions_by_key.get(key)) {
+        let body = stored.clone();
+        state.stats.deduplicated += 1;
+        let quota = state.quota_state(config);
+        drop(state);
+        return json_response(config.dialect, &quota, body);
+    }
+    let admitted = state.admit(config, &request.metadata.request_id, usage);
     match admitted {
-        Admission::Admitted(quota) => completion_response(config.dialect, &quota, &request, usage),
-        Admission::RateLimited(quota) => rate_limited_response(config.dialect, &quota),
+        Admission::Admitted(quota) => {
+            let body = completion_body(&request, usage);
+            if let Some(key) = idempotency_key {
+                state
+                    .completions_by_key
+                    .insert(key.to_owned(), body.clone());
+            }
+            drop(state);
+            json_response(config.dialect, &quota, body)
+        }
+        Admission::RateLimited(quota) => {
+            drop(state);
+            rate_limited_response(config.dialect, &quota)
+        }
     }
 }
 
@@ -296,12 +348,7 @@ impl TokenUsage {
     }
 }
 
-fn completion_response(
-    dialect: Dialect,
-    quota: &QuotaState,
-    request: &ChatRequest,
-    usage: TokenUsage,
-) -> Response {
+fn completion_body(request: &ChatRequest, usage: TokenUsage) -> String {
     let completion = serde_json::json!({
         "object": "chat.completion",
         "choices": [{
@@ -316,11 +363,11 @@ fn completion_response(
         },
         "metadata": {"request_id": request.metadata.request_id},
     });
-    let mut response = (
-        [(header::CONTENT_TYPE, "application/json")],
-        completion.to_string(),
-    )
-        .into_response();
+    completion.to_string()
+}
+
+fn json_response(dialect: Dialect, quota: &QuotaState, body: String) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     dialect::write_headers(dialect, quota, response.headers_mut());
     response
 }
@@ -359,7 +406,7 @@ impl Accounting {
         self.input_tokens_used += usage.input;
         self.output_tokens_used += usage.output;
         self.stats.ok += 1;
-        *self.answered.entry(request_id.to_owned()).or_insert(0) += 1;
+        *self.completed.entry(request_id.to_owned()).or_insert(0) += 1;
         Admission::Admitted(self.quota_state(config))
     }
 

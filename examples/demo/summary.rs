@@ -9,16 +9,17 @@ use crate::client::{FirstAttempt, QueueCause};
 use crate::replay::ReplayTotals;
 use crate::server::ServerStats;
 
-/// The result of comparing the ids the client sent with the server's ledger and the queue.
+/// The result of comparing the ids the client sent with the server's ledger of completions and
+/// the queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Delivery {
-    /// Ids with exactly one 200 response that are no longer queued.
+    /// Ids completed exactly once that are no longer queued.
     pub(crate) delivered: usize,
-    /// Ids without a 200 response that are still in the queue or its dead letters.
+    /// Ids never completed that are still in the queue or its dead letters.
     pub(crate) still_queued: usize,
-    /// Ids without a 200 response that are not in the queue.
+    /// Ids never completed and not in the queue.
     pub(crate) lost: Vec<String>,
-    /// Ids with more than one 200 response, or with one and still queued for another replay.
+    /// Ids completed more than once, or completed and still queued for another replay.
     pub(crate) duplicated: Vec<String>,
 }
 
@@ -26,12 +27,12 @@ impl Delivery {
     /// Sorts every sent id into delivered, still queued, lost or duplicated.
     pub(crate) fn check(
         sent: &[String],
-        answered: &HashMap<String, u32>,
+        completed: &HashMap<String, u32>,
         queued: &HashSet<String>,
     ) -> Self {
         let mut delivery = Self::default();
         for id in sent {
-            let times = answered.get(id).copied().unwrap_or(0);
+            let times = completed.get(id).copied().unwrap_or(0);
             let in_queue = queued.contains(id);
             match (times, in_queue) {
                 (0, true) => delivery.still_queued += 1,
@@ -169,17 +170,22 @@ impl Summary {
         let delivery = &self.delivery;
         row(f, "still queued", delivery.still_queued)?;
         let lost = format!(
-            "{} (server ledger: every id got one 200 or is still queued)",
+            "{} (server ledger: every id completed once or still queued)",
             delivery.lost.len()
         );
         row(f, "lost", lost)?;
         row(f, "duplicated", delivery.duplicated.len())?;
         let server = &self.server;
-        let answers = format!(
-            "{} ok, {} rate limited (429), {} unavailable (503), {} dropped, {} unauthorized",
-            server.ok, server.rate_limited, server.unavailable, server.dropped, server.unauthorized
+        let completions = format!(
+            "{} ({} responses lost in the outage, {} repeats answered from the Idempotency-Key store)",
+            server.ok, server.lost_responses, server.deduplicated
         );
-        row(f, "server responses", answers)
+        row(f, "server completions", completions)?;
+        let refusals = format!(
+            "{} rate limited (429), {} unavailable (503), {} dropped, {} unauthorized",
+            server.rate_limited, server.unavailable, server.dropped, server.unauthorized
+        );
+        row(f, "server refusals", refusals)
     }
 
     fn fmt_quota(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -234,13 +240,13 @@ mod tests {
     #[test]
     fn delivery_check_counts_each_case() {
         let sent: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
-        let answered = HashMap::from([
+        let completed = HashMap::from([
             ("a".to_owned(), 1),
             ("b".to_owned(), 2),
             ("e".to_owned(), 1),
         ]);
         let queued = HashSet::from(["c".to_owned(), "e".to_owned()]);
-        let delivery = Delivery::check(&sent, &answered, &queued);
+        let delivery = Delivery::check(&sent, &completed, &queued);
         assert_eq!(delivery.delivered, 1);
         assert_eq!(delivery.still_queued, 1);
         assert_eq!(delivery.lost, vec!["d".to_owned()]);
