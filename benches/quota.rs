@@ -3,9 +3,9 @@
 //! Each case sends one request through a service whose inner service returns a prepared response
 //! at once, and polls the future once with a no-op waker. The response goes back to the inner
 //! service after each iteration, so no iteration clones or allocates a header map and the numbers
-//! show the layer's own work. Cases: the bare inner service, an identity layer (`MapResponseLayer` with the
-//! identity function), `QuotaService` and `EnforceQuotaService`, each on a response with
-//! OpenAI-style rate-limit headers and on one with no quota headers.
+//! show the layer's own work. Cases: the bare inner service, an identity layer
+//! (`MapResponseLayer` with the identity function), `QuotaService` and `EnforceQuotaService`, each
+//! on a response with OpenAI-style rate-limit headers and on one with no quota headers.
 
 use std::cell::RefCell;
 use std::convert::Infallible;

@@ -1,7 +1,7 @@
 //! Quota tracking from rate-limit response headers.
 //!
-//! A [`QuotaTracker`] stores the quota state of every partition (by default the request URI's
-//! authority) and, within a partition, of every dimension that a server reports, such as
+//! A [`QuotaTracker`] stores the quota state of every partition (by default the host and port of
+//! the request URI) and, within a partition, of every dimension that a server reports, such as
 //! `requests` and `tokens`. [`QuotaLayer`] wraps a client service so that every response updates
 //! the tracker; [`QuotaLayer::enforce`] also holds back requests to a partition whose quota is
 //! exhausted.

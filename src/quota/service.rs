@@ -130,7 +130,8 @@ pub struct EnforceQuotaService<S> {
 }
 
 impl<S> EnforceQuotaService<S> {
-    /// Wraps `inner`, reporting into `tracker` and enforcing its quotas in the way `enforcement` selects.
+    /// Wraps `inner`, reporting into `tracker` and enforcing its quotas in the way `enforcement`
+    /// selects.
     pub fn new(inner: S, tracker: QuotaTracker, enforcement: Enforcement) -> Self {
         Self {
             inner,

@@ -24,7 +24,7 @@ const DEFAULT_PARTITION: &str = "";
 
 /// A cheap-to-clone handle to quota state shared by every clone and every layer built from it.
 ///
-/// The tracker keeps state per partition (by default the request URI's authority, see
+/// The tracker keeps state per partition (by default the host and port of the request URI, see
 /// [`Partitioner`]) and, within a partition, per dimension such as `requests` or `tokens`. Methods
 /// without a partition argument use the partition with the empty key, which is also where requests
 /// without an authority land.
@@ -270,8 +270,8 @@ impl QuotaTrackerBuilder {
     }
 
     /// Counts requests locally, allowing `limit` requests per fixed `window`, for partitions whose
-    /// server sends no rate-limit headers. Once rate-limit headers arrive for a partition, they take
-    /// precedence.
+    /// server sends no rate-limit headers. Once rate-limit headers arrive for a partition, they
+    /// take precedence.
     ///
     /// Defaults to no local limit.
     pub fn local_limit(mut self, limit: u64, window: Duration) -> Self {

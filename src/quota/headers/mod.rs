@@ -1,8 +1,8 @@
 //! Reading rate-limit response headers into observations.
 //!
-//! [`parse_with_clock`] makes one pass over a header map and hands each header whose name belongs to a known
-//! dialect to that dialect's module. The result borrows dimension names from the header map and
-//! lives in a fixed-size array, so parsing allocates nothing.
+//! [`parse_with_clock`] makes one pass over a header map and hands each header whose name belongs
+//! to a known dialect to that dialect's module. The result borrows dimension names from the
+//! header map and lives in a fixed-size array, so parsing allocates nothing.
 
 mod anthropic;
 mod ietf;
