@@ -63,7 +63,7 @@ pub(crate) struct ServerStats {
     pub(crate) received: u64,
     /// Completions produced, each spending quota.
     pub(crate) ok: u64,
-    /// Requests answered with a stored completion because their `Idempotency-Key` was seen.
+    /// Repeated requests that got the stored completion of their `Idempotency-Key`.
     pub(crate) deduplicated: u64,
     /// Completions whose response the outage discarded.
     pub(crate) lost_responses: u64,
@@ -140,8 +140,8 @@ impl FakeLlmServer {
         self.shared.lock().stats.clone()
     }
 
-    /// Returns the number of completions per request id. A request answered from the
-    /// idempotency store adds none.
+    /// Returns the number of completions per request id. A repeat served from the idempotency
+    /// store adds none.
     pub(crate) fn completed(&self) -> HashMap<String, u32> {
         self.shared.lock().completed.clone()
     }
@@ -271,12 +271,8 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let expected = format!("Bearer {}", shared.config.api_key);
-    if headers
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes)
-        != Some(expected.as_bytes())
-    {
+    let config = &shared.config;
+    if !is_authorized(&headers, &config.api_key) {
         shared.lock().stats.unauthorized += 1;
         return (StatusCode::UNAUTHORIZED, "missing or invalid API key").into_response();
     }
@@ -284,12 +280,13 @@ async fn chat_completions(
         shared.lock().stats.bad_requests += 1;
         return (StatusCode::BAD_REQUEST, "invalid chat completion request").into_response();
     };
-    let config = &shared.config;
+
     let idempotency_key = headers
         .get("idempotency-key")
         .and_then(|value| value.to_str().ok())
         .filter(|_| config.deduplicate_by_idempotency_key);
     let usage = TokenUsage::estimate(&request);
+
     let mut state = shared.lock();
     // Quota headers on a stored completion must describe the current window, not an expired one.
     state.roll_window(config.window);
@@ -300,6 +297,7 @@ async fn chat_completions(
         drop(state);
         return json_response(config.dialect, &quota, body);
     }
+
     let admitted = state.admit(config, &request.metadata.request_id, usage);
     match admitted {
         Admission::Admitted(quota) => {
@@ -317,6 +315,13 @@ async fn chat_completions(
             rate_limited_response(config.dialect, &quota)
         }
     }
+}
+
+fn is_authorized(headers: &HeaderMap, api_key: &str) -> bool {
+    let expected = format!("Bearer {api_key}");
+    headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|value| value.as_bytes() == expected.as_bytes())
 }
 
 /// The server's decision on a request, with the quota state after it.
