@@ -187,49 +187,74 @@ where
     // Idempotency-Key as every replay and a lost response cannot cause a duplicate.
     let id = Uuid::new_v4();
     ensure_idempotency_key(&mut parts.headers, id);
-    let snapshot = http::Request::builder()
-        .method(parts.method.clone())
-        .uri(parts.uri.clone())
-        .body(bytes.clone());
-    let mut snapshot = match snapshot {
-        Ok(snapshot) => snapshot,
-        Err(error) => return Err(RetryQueueError::Body(error.into())),
-    };
-    *snapshot.headers_mut() = parts.headers.clone();
+    let snapshot = snapshot_of(&parts, bytes.clone())?;
 
     let request = Request::from_parts(parts, RetryQueueBody::buffered(bytes));
     let result: Result<_, BoxError> = inner.call(request).await.map_err(Into::into);
     match result {
-        Ok(mut response) => {
-            if shared
-                .classifier
-                .is_retryable(response.status(), response.headers())
-            {
-                let not_before = retry_after(response.headers(), clock::now());
-                let error = format!("retryable response status {}", response.status());
-                let item = queued_item(&shared, snapshot, error, id).with_not_before(not_before);
-                match shared.queue.enqueue(item).await {
-                    Ok(id) => {
-                        response.extensions_mut().insert(QueuedId(id));
-                    }
-                    Err(error) => {
-                        tracing::warn!(request_id = %id, %error, "failed to queue request after a retryable response");
-                    }
-                }
-            }
-            Ok(response)
+        Ok(response) => Ok(queue_if_retryable(&shared, snapshot, id, response).await),
+        Err(source) => Err(queue_failed(&shared, snapshot, id, source).await),
+    }
+}
+
+/// Copies what the queue persists of a request: method, URI, headers and the shared body.
+fn snapshot_of(parts: &Parts, body: Bytes) -> Result<Request<Bytes>, RetryQueueError> {
+    let mut snapshot = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .body(body)
+        .map_err(|error| RetryQueueError::Body(error.into()))?;
+    *snapshot.headers_mut() = parts.headers.clone();
+    Ok(snapshot)
+}
+
+/// Persists the request when the classifier calls the response retryable, and marks the response
+/// with the queued id.
+async fn queue_if_retryable<ResB>(
+    shared: &RetryQueueLayer,
+    snapshot: Request<Bytes>,
+    id: Uuid,
+    mut response: Response<ResB>,
+) -> Response<ResB> {
+    if !shared
+        .classifier
+        .is_retryable(response.status(), response.headers())
+    {
+        return response;
+    }
+    let not_before = retry_after(response.headers(), clock::now());
+    let error = format!("retryable response status {}", response.status());
+    let item = queued_item(shared, snapshot, error, id).with_not_before(not_before);
+    match shared.queue.enqueue(item).await {
+        Ok(id) => {
+            response.extensions_mut().insert(QueuedId(id));
         }
-        Err(source) => {
-            let item = queued_item(&shared, snapshot, source.to_string(), id);
-            match shared.queue.enqueue(item).await {
-                Ok(id) => Err(RetryQueueError::Queued { id, source }),
-                Err(error) => {
-                    tracing::warn!(request_id = %id, %error, "failed to queue failed request");
-                    Err(RetryQueueError::NotQueued {
-                        reason: NotQueuedReason::Queue(error),
-                        source,
-                    })
-                }
+        Err(error) => {
+            tracing::warn!(
+                request_id = %id,
+                %error,
+                "failed to queue request after a retryable response"
+            );
+        }
+    }
+    response
+}
+
+/// Persists a request whose send failed and returns the caller's error.
+async fn queue_failed(
+    shared: &RetryQueueLayer,
+    snapshot: Request<Bytes>,
+    id: Uuid,
+    source: BoxError,
+) -> RetryQueueError {
+    let item = queued_item(shared, snapshot, source.to_string(), id);
+    match shared.queue.enqueue(item).await {
+        Ok(id) => RetryQueueError::Queued { id, source },
+        Err(error) => {
+            tracing::warn!(request_id = %id, %error, "failed to queue failed request");
+            RetryQueueError::NotQueued {
+                reason: NotQueuedReason::Queue(error),
+                source,
             }
         }
     }
