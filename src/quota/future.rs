@@ -5,11 +5,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::Response;
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::util::Oneshot;
 use tower_service::Service;
 
@@ -126,6 +126,8 @@ pin_project! {
         Waiting {
             #[pin]
             sleep: Sleep,
+            // The latest instant the request may wait until, from `max_wait`.
+            latest: Instant,
             pending: Option<(S, Req)>,
         },
         Sending {
@@ -151,6 +153,7 @@ where
 
     pub(crate) fn waiting(
         deadline: SystemTime,
+        max_wait: Duration,
         service: S,
         request: Req,
         state: Arc<PartitionState>,
@@ -159,6 +162,7 @@ where
         Self {
             step: Step::Waiting {
                 sleep,
+                latest: Instant::now() + max_wait,
                 pending: Some((service, request)),
             },
             state: Some(state),
@@ -210,16 +214,30 @@ where
                     };
                     return Poll::Ready(Err(error));
                 }
-                StepProjection::Waiting { sleep, pending } => {
-                    ready!(sleep.poll(cx));
+                StepProjection::Waiting {
+                    mut sleep,
+                    latest,
+                    pending,
+                } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    let Some(state) = this.state.as_ref() else {
+                        return Poll::Ready(Err(Box::new(PolledAfterCompletion)));
+                    };
+                    // A response that arrived during the wait may have moved the deadline.
+                    if let Some((deadline, _)) = state.blocked_until_now() {
+                        let wake = clock::instant_at(deadline);
+                        if wake > *latest {
+                            let error = QuotaExhausted::new(state.key().to_owned(), deadline);
+                            *pending = None;
+                            return Poll::Ready(Err(Box::new(error)));
+                        }
+                        sleep.reset(wake);
+                        continue;
+                    }
                     let Some((service, request)) = pending.take() else {
                         return Poll::Ready(Err(Box::new(PolledAfterCompletion)));
                     };
-                    // NOTE: the request goes once the deadline seen in `call` has passed, even if
-                    // a response that arrived meanwhile moved the partition's deadline.
-                    if let Some(state) = this.state.as_ref() {
-                        state.record_request();
-                    }
+                    state.record_request();
                     let oneshot = Oneshot::new(service, request);
                     self.as_mut().project().step.set(Step::Sending { oneshot });
                     continue;

@@ -90,7 +90,9 @@ impl<S> Layer<S> for QuotaLayer {
 pub enum Enforcement {
     /// Waits until the deadline and then sends the request, unless the deadline is more than
     /// `max_wait` away, in which case the request fails at once with
-    /// [`QuotaExhausted`](super::QuotaExhausted).
+    /// [`QuotaExhausted`](super::QuotaExhausted). When a response that arrives during the wait
+    /// moves the deadline, the request waits for the new one, or fails once the new one lies more
+    /// than `max_wait` after the request was made.
     ///
     /// Waiting uses a Tokio timer, so requests must be sent inside a Tokio runtime with the time
     /// driver enabled.

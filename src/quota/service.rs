@@ -186,7 +186,7 @@ where
                 // The service that `poll_ready` prepared goes with the request.
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
-                EnforceResponseFuture::waiting(deadline, ready, request, state)
+                EnforceResponseFuture::waiting(deadline, max_wait, ready, request, state)
             }
             _ => {
                 let error = QuotaExhausted::new(state.key().to_owned(), deadline);

@@ -190,3 +190,58 @@ async fn enforce_local_limit_rejects() {
     assert_eq!(exhausted(&error).deadline(), window_end);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
+
+fn too_many_requests(retry_after: &str) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("retry-after", retry_after.parse().expect("valid value"));
+    headers
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_follows_moved_deadline() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tracker = QuotaTracker::new();
+    let enforcement = Enforcement::Wait {
+        max_wait: Duration::from_secs(60),
+    };
+    let service = ServiceBuilder::new()
+        .layer(QuotaLayer::new(tracker.clone()).enforce(enforcement))
+        .service(rate_limited_once(calls.clone()));
+    service.clone().oneshot(request()).await.expect("response");
+
+    let start = Instant::now();
+    let waiting = tokio::spawn(service.clone().oneshot(request()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = too_many_requests("40");
+    tracker.record_response(PARTITION, StatusCode::TOO_MANY_REQUESTS, &later);
+
+    let response = waiting.await.expect("task finished").expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_secs(42));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_fails_when_deadline_exceeds_max() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tracker = QuotaTracker::new();
+    let enforcement = Enforcement::Wait {
+        max_wait: Duration::from_secs(35),
+    };
+    let service = ServiceBuilder::new()
+        .layer(QuotaLayer::new(tracker.clone()).enforce(enforcement))
+        .service(rate_limited_once(calls.clone()));
+    service.clone().oneshot(request()).await.expect("response");
+
+    let start = Instant::now();
+    let waiting = tokio::spawn(service.clone().oneshot(request()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = too_many_requests("40");
+    tracker.record_response(PARTITION, StatusCode::TOO_MANY_REQUESTS, &later);
+    let moved = clock::now() + Duration::from_secs(40);
+
+    let error = waiting.await.expect("task finished").expect_err("rejected");
+    assert_eq!(exhausted(&error).deadline(), moved);
+    assert_eq!(start.elapsed(), Duration::from_secs(30));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
