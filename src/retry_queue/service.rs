@@ -16,7 +16,6 @@ use super::body::RetryQueueBody;
 use super::classify::retry_after;
 use super::error::{NotQueuedReason, RetryQueueError};
 use super::future::ResponseFuture;
-use super::headers::ensure_idempotency_key;
 use super::layer::RetryQueueLayer;
 use super::request::QueuedRequest;
 use crate::{clock, BoxError};
@@ -108,7 +107,7 @@ where
 {
     type Response = Response<ResB>;
     type Error = RetryQueueError;
-    type Future = ResponseFuture<S::Future, Response<ResB>>;
+    type Future = ResponseFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner
@@ -127,7 +126,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
-        ResponseFuture::buffered(Box::pin(send_buffered(inner, shared, parts, body)))
+        ResponseFuture::buffered(inner, shared, parts, body.collect())
     }
 }
 
@@ -151,54 +150,8 @@ impl<S> RetryQueueService<S> {
     }
 }
 
-/// Buffers the body, sends the request and persists it if it fails.
-async fn send_buffered<S, B, ResB>(
-    mut inner: S,
-    shared: Arc<RetryQueueLayer>,
-    mut parts: Parts,
-    body: B,
-) -> Result<Response<ResB>, RetryQueueError>
-where
-    S: Service<Request<RetryQueueBody<B>>, Response = Response<ResB>>,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    // A body with one data frame, such as `Full<Bytes>`, is moved out without copying.
-    let collected = body
-        .collect()
-        .await
-        .map_err(|error| RetryQueueError::Body(error.into()))?;
-    let bytes = collected.to_bytes();
-    let max_body_bytes = shared.queue.config().max_body_bytes;
-    if bytes.len() > max_body_bytes {
-        // The body's size hint promised less than it sent.
-        let request = Request::from_parts(parts, RetryQueueBody::buffered(bytes));
-        return inner
-            .call(request)
-            .await
-            .map_err(|error| RetryQueueError::NotQueued {
-                reason: NotQueuedReason::BodyTooLarge { max_body_bytes },
-                source: error.into(),
-            });
-    }
-
-    // The id exists before the first send, so the first attempt carries the same
-    // Idempotency-Key as every replay and a lost response cannot cause a duplicate.
-    let id = Uuid::new_v4();
-    ensure_idempotency_key(&mut parts.headers, id);
-    let snapshot = snapshot_of(&parts, bytes.clone())?;
-
-    let request = Request::from_parts(parts, RetryQueueBody::buffered(bytes));
-    let result: Result<_, BoxError> = inner.call(request).await.map_err(Into::into);
-    match result {
-        Ok(response) => Ok(queue_if_retryable(&shared, snapshot, id, response).await),
-        Err(source) => Err(queue_failed(&shared, snapshot, id, source).await),
-    }
-}
-
 /// Copies what the queue persists of a request: method, URI, headers and the shared body.
-fn snapshot_of(parts: &Parts, body: Bytes) -> Result<Request<Bytes>, RetryQueueError> {
+pub(super) fn snapshot_of(parts: &Parts, body: Bytes) -> Result<Request<Bytes>, RetryQueueError> {
     let mut snapshot = Request::builder()
         .method(parts.method.clone())
         .uri(parts.uri.clone())
@@ -208,20 +161,13 @@ fn snapshot_of(parts: &Parts, body: Bytes) -> Result<Request<Bytes>, RetryQueueE
     Ok(snapshot)
 }
 
-/// Persists the request when the classifier calls the response retryable, and marks the response
-/// with the queued id.
-async fn queue_if_retryable<ResB>(
+/// Persists the request of a retryable response and marks the response with the queued id.
+pub(super) async fn queue_retryable<ResB>(
     shared: &RetryQueueLayer,
     snapshot: Request<Bytes>,
     id: Uuid,
     mut response: Response<ResB>,
 ) -> Response<ResB> {
-    if !shared
-        .classifier
-        .is_retryable(response.status(), response.headers())
-    {
-        return response;
-    }
     let not_before = retry_after(response.headers(), clock::now());
     let error = format!("retryable response status {}", response.status());
     let item = queued_item(shared, snapshot, error, id).with_not_before(not_before);
@@ -241,7 +187,7 @@ async fn queue_if_retryable<ResB>(
 }
 
 /// Persists a request whose send failed and returns the caller's error.
-async fn queue_failed(
+pub(super) async fn queue_failed(
     shared: &RetryQueueLayer,
     snapshot: Request<Bytes>,
     id: Uuid,
