@@ -53,9 +53,9 @@ impl RetryQueueLayer {
     /// Sets how the partition key of a queued request is derived. Default:
     /// [`ByAuthority`](crate::ByAuthority).
     ///
-    /// The partitioner receives the headers before secrets are dropped, and its key is persisted with
-    /// the item. A partitioner that keys by credential should return a hash or a name, never the
-    /// credential itself.
+    /// The partitioner receives the headers before secrets are dropped, and its key is persisted
+    /// with the item. A partitioner that keys by credential should return a hash or a name, never
+    /// the credential itself.
     pub fn partitioner(mut self, partitioner: impl Partitioner) -> Self {
         self.partitioner = SharedPartitioner(Arc::new(partitioner));
         self
