@@ -14,7 +14,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{service_fn, BoxError, ServiceBuilder};
-use tower_quota_queue::quota::{QuotaLayer, QuotaTracker};
+use tower_quota_queue::quota::{Enforcement, QuotaLayer, QuotaTracker};
 use tower_quota_queue::retry_queue::{
     Backoff, Durability, QueuedRequest, RetryQueue, RetryQueueBody, RetryQueueConfig,
 };
@@ -612,4 +612,70 @@ mod loopback {
         assert_eq!(report.dead_lettered, 0);
         assert!(queue.dead_letters().unwrap().is_empty());
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn enforcing_service_defers_without_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir, 1);
+    let tracker = QuotaTracker::new();
+    let mut exhausted = HeaderMap::new();
+    exhausted.insert(http::header::RETRY_AFTER, "30".parse().unwrap());
+    tracker.record_response("api.test", StatusCode::TOO_MANY_REQUESTS, &exhausted);
+    let start = Instant::now();
+
+    let calls = Calls::default();
+    let inner = upstream(&calls, Box::new(|_, _| answer(StatusCode::OK)));
+    let service = ServiceBuilder::new()
+        .layer(QuotaLayer::new(tracker).enforce(Enforcement::FailFast))
+        .service(inner);
+    let id = queue.enqueue(item("api.test")).await.unwrap();
+
+    // The worker has no tracker: only the enforcing layer knows the partition is exhausted.
+    let worker = queue.replay_worker(service).spawn();
+    wait_until(Duration::from_secs(120), || queue.is_empty()).await;
+    let report = worker.shutdown().await;
+
+    let calls = calls.all();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].id, id);
+    assert!(calls[0].at - start >= 30 * SECOND);
+    assert_eq!(report.deferred, 1);
+    assert_eq!(report.failed, 0);
+    assert_eq!(report.succeeded, 1);
+    assert_eq!(queue.stats().dead, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn tracker_partitioner_keys_stored_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir, 5);
+    let by_path = |uri: &http::Uri, _: &HeaderMap| uri.path().to_owned();
+    let tracker = QuotaTracker::builder()
+        .partitioner(by_path)
+        .build()
+        .unwrap();
+    let mut exhausted = HeaderMap::new();
+    exhausted.insert(http::header::RETRY_AFTER, "45".parse().unwrap());
+    tracker.record_response(
+        "/v1/chat/completions",
+        StatusCode::TOO_MANY_REQUESTS,
+        &exhausted,
+    );
+    let start = Instant::now();
+
+    let calls = Calls::default();
+    let service = upstream(&calls, Box::new(|_, _| answer(StatusCode::OK)));
+    // The item's own partition is its authority, which the tracker does not use.
+    let queued = item("api.test");
+    assert_eq!(queued.partition(), "api.test");
+    queue.enqueue(queued).await.unwrap();
+
+    let worker = queue.replay_worker(service).quota_tracker(tracker).spawn();
+    wait_until(Duration::from_secs(120), || queue.is_empty()).await;
+    worker.shutdown().await;
+
+    let calls = calls.all();
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0].at - start >= 45 * SECOND);
 }

@@ -118,6 +118,13 @@ impl<S, C> ReplayWorker<S, C> {
     ///
     /// The tracker learns about the upstream's quota from responses. Wrap the replay service in a
     /// [`QuotaLayer`](crate::quota::QuotaLayer) with the same tracker, so replays update it too.
+    /// The worker finds an item's partition by running the tracker's partitioner on the stored
+    /// request, the same request that layer sees, so the keys agree even when the
+    /// [`RetryQueueLayer`](super::RetryQueueLayer) partitions another way.
+    ///
+    /// Without a tracker, a replay that an enforcing `QuotaLayer` rejects with
+    /// [`QuotaExhausted`](crate::quota::QuotaExhausted) still counts no attempt: the worker holds
+    /// that partition back until the error's deadline.
     pub fn quota_tracker(mut self, tracker: QuotaTracker) -> Self {
         self.tracker = Some(tracker);
         self
@@ -165,6 +172,7 @@ impl<S, C> ReplayWorker<S, C> {
             backoff: self.backoff,
             shutdown_timeout: self.shutdown_timeout,
             tracker: self.tracker,
+            deferred: std::sync::Mutex::default(),
         };
         WorkerHandle {
             stop,
@@ -197,6 +205,10 @@ pub struct WorkerReport {
     pub dead_lettered: usize,
     /// Stale items removed without a replay.
     pub expired: usize,
+    /// Replays that a quota-enforcing layer in the replay service rejected before sending
+    /// ([`QuotaExhausted`](crate::quota::QuotaExhausted)). Each item returns to its place with no
+    /// attempt counted, and its partition waits until the reported deadline.
+    pub deferred: usize,
     /// Replays still running at shutdown after the timeout, cancelled and released: each item
     /// returns to its original place in the queue with its attempt count unchanged, so repeated
     /// shutdowns cannot dead-letter an item whose replays never finished.

@@ -1,7 +1,7 @@
 //! The replay worker's task.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use tower::Service;
 use uuid::Uuid;
 
 use super::{Backoff, WorkerReport};
-use crate::quota::QuotaTracker;
+use crate::quota::{QuotaExhausted, QuotaTracker};
 use crate::retry_queue::classify::{retry_after, RetryClassifier};
 use crate::retry_queue::queue::{NackOutcome, RetryQueue};
 use crate::retry_queue::replay::RetryableStatus;
@@ -32,6 +32,8 @@ pub(super) struct Worker<C> {
     pub(super) backoff: Backoff,
     pub(super) shutdown_timeout: Duration,
     pub(super) tracker: Option<QuotaTracker>,
+    /// Partitions that a quota-enforcing replay service rejected, with the deadline it reported.
+    pub(super) deferred: Mutex<HashMap<String, SystemTime>>,
 }
 
 /// The result of one replay.
@@ -40,6 +42,11 @@ enum Outcome {
     /// The worker cancelled the replay at shutdown. The item goes back to its place without a
     /// backoff or an attempt, as it would after a crash.
     Interrupted,
+    /// A quota-enforcing layer in the replay service rejected the request before sending it, so
+    /// the item goes back without an attempt and its partition waits until `until`.
+    Deferred {
+        until: SystemTime,
+    },
     Failed {
         error: String,
         retry_after: Option<SystemTime>,
@@ -47,10 +54,11 @@ enum Outcome {
 }
 
 /// The item behind a running replay task.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Lease {
     id: Uuid,
     attempts: u32,
+    partition: String,
 }
 
 /// The replays that are running, by task.
@@ -147,10 +155,34 @@ impl<C: RetryClassifier> Worker<C> {
         None
     }
 
-    /// Returns the deadline of the item's partition when the quota tracker reports it exhausted.
+    /// Returns the deadline of the item's partition when the quota tracker reports it exhausted
+    /// or a quota-enforcing replay service rejected a request to it.
     fn partition_blocked_until(&self, item: &QueuedRequest, now: SystemTime) -> Option<SystemTime> {
-        let deadline = self.tracker.as_ref()?.blocked_until(item.partition())?;
-        (deadline > now).then_some(deadline)
+        let partition = self.partition_of(item);
+        let deferred = self.deferred_until(&partition, now);
+        let tracked = self
+            .tracker
+            .as_ref()
+            .and_then(|tracker| tracker.blocked_until(&partition));
+        latest(deferred, tracked).filter(|deadline| *deadline > now)
+    }
+
+    /// Returns the key under which the quota tracker knows the item's partition.
+    ///
+    /// The tracker's own partitioner runs on the stored request, which is the request that a
+    /// `QuotaLayer` in the replay service sees, so the keys agree even when the
+    /// `RetryQueueLayer` was given another partitioner.
+    fn partition_of<'a>(&self, item: &'a QueuedRequest) -> std::borrow::Cow<'a, str> {
+        match &self.tracker {
+            Some(tracker) => tracker.partition_key(item.uri(), item.headers()),
+            None => std::borrow::Cow::Borrowed(item.partition()),
+        }
+    }
+
+    fn deferred_until(&self, partition: &str, now: SystemTime) -> Option<SystemTime> {
+        let mut deferred = self.deferred.lock().unwrap_or_else(PoisonError::into_inner);
+        deferred.retain(|_, until| *until > now);
+        deferred.get(partition).copied()
     }
 
     fn start<S, B, ReqB>(&self, service: S, item: QueuedRequest, running: &mut Running)
@@ -164,6 +196,7 @@ impl<C: RetryClassifier> Worker<C> {
         let lease = Lease {
             id: item.id(),
             attempts: item.attempts(),
+            partition: self.partition_of(&item).into_owned(),
         };
         tracing::debug!(
             request_id = %lease.id,
@@ -202,6 +235,7 @@ impl<C: RetryClassifier> Worker<C> {
         };
         match outcome {
             Outcome::Succeeded => self.ack(lease.id, report).await,
+            Outcome::Deferred { until } => self.defer(lease, until, report).await,
             Outcome::Interrupted => {
                 report.interrupted += 1;
                 if let Err(queue_error) = self.queue.release(lease.id).await {
@@ -215,6 +249,28 @@ impl<C: RetryClassifier> Worker<C> {
             Outcome::Failed { error, retry_after } => {
                 self.nack(lease, &error, retry_after, report).await;
             }
+        }
+    }
+
+    async fn defer(&self, lease: Lease, until: SystemTime, report: &mut WorkerReport) {
+        report.deferred += 1;
+        tracing::debug!(
+            request_id = %lease.id,
+            partition = %lease.partition,
+            "replay held back by quota enforcement"
+        );
+        self.deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(lease.partition)
+            .and_modify(|deadline| *deadline = (*deadline).max(until))
+            .or_insert(until);
+        if let Err(error) = self.queue.release(lease.id).await {
+            tracing::warn!(
+                request_id = %lease.id,
+                %error,
+                "failed to return a held-back replay to the queue"
+            );
         }
     }
 
@@ -281,6 +337,7 @@ impl<C: RetryClassifier> Worker<C> {
         tracing::info!(
             succeeded = report.succeeded,
             failed = report.failed,
+            deferred = report.deferred,
             dead_lettered = report.dead_lettered,
             expired = report.expired,
             interrupted = report.interrupted,
@@ -303,10 +360,7 @@ where
     C: RetryClassifier,
 {
     if let Err(error) = std::future::poll_fn(|cx| service.poll_ready(cx)).await {
-        return Outcome::Failed {
-            error: error.into().to_string(),
-            retry_after: None,
-        };
+        return failed(error.into());
     }
     match service.call(request).await {
         Ok(response) if classifier.is_retryable(response.status(), response.headers()) => {
@@ -316,10 +370,32 @@ where
             }
         }
         Ok(_) => Outcome::Succeeded,
-        Err(error) => Outcome::Failed {
-            error: error.into().to_string(),
-            retry_after: None,
-        },
+        Err(error) => failed(error.into()),
+    }
+}
+
+/// Classifies a service error: a [`QuotaExhausted`] anywhere in its chain means the request was
+/// never sent.
+fn failed(error: BoxError) -> Outcome {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(current) = source {
+        if let Some(exhausted) = current.downcast_ref::<QuotaExhausted>() {
+            return Outcome::Deferred {
+                until: exhausted.deadline(),
+            };
+        }
+        source = current.source();
+    }
+    Outcome::Failed {
+        error: error.to_string(),
+        retry_after: None,
+    }
+}
+
+fn latest(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }
 
