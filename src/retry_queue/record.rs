@@ -84,13 +84,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<QueuedRequest, DecodeError> {
         .uri
         .parse()
         .map_err(|_| DecodeError::InvalidField("uri"))?;
-    let mut headers = HeaderMap::with_capacity(record.headers.len());
+    // A `HeaderMap` holds at most 32,768 entries and panics in `with_capacity` and `append`
+    // beyond that, so a damaged record with more headers must fail here instead.
+    let mut headers = HeaderMap::try_with_capacity(record.headers.len())
+        .map_err(|_| DecodeError::InvalidField("header count"))?;
     for (name, value) in record.headers {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| DecodeError::InvalidField("header name"))?;
         let value = HeaderValue::from_bytes(value)
             .map_err(|_| DecodeError::InvalidField("header value"))?;
-        headers.append(name, value);
+        headers
+            .try_append(name, value)
+            .map_err(|_| DecodeError::InvalidField("header count"))?;
     }
     Ok(QueuedRequest {
         id: Uuid::from_bytes(record.id),

@@ -1,0 +1,164 @@
+//! Damaged stores behind `RetryQueue`: records and keys written straight into the trees
+//! the queue uses, as a damaged or hand-edited database contains them.
+
+use bytes::Bytes;
+use serde::Serialize;
+use tower_quota_queue::retry_queue::{
+    QueueError, QueueErrorKind, QueuedRequest, RetryQueue, RetryQueueConfig,
+};
+use uuid::Uuid;
+
+fn config(dir: &tempfile::TempDir) -> RetryQueueConfig {
+    RetryQueueConfig::new().path(dir.path().join("queue"))
+}
+
+fn item(path: &str) -> QueuedRequest {
+    let request = http::Request::post(format!("http://127.0.0.1:9/{path}"))
+        .body(Bytes::from(path.to_owned()))
+        .unwrap();
+    QueuedRequest::new(request, "connection refused")
+}
+
+/// The field layout of a format-version-1 record, so tests can write records with chosen values.
+#[derive(Serialize)]
+struct Record<'a> {
+    id: [u8; 16],
+    method: &'a str,
+    uri: String,
+    headers: Vec<(&'a str, &'a [u8])>,
+    body: &'a [u8],
+    enqueued_at: (u64, u32),
+    original_error: &'a str,
+    attempts: u32,
+    last_error: Option<&'a str>,
+    not_before: Option<(u64, u32)>,
+    partition: &'a str,
+}
+
+impl Record<'_> {
+    fn valid() -> Self {
+        Self {
+            id: Uuid::new_v4().into_bytes(),
+            method: "POST",
+            uri: "http://127.0.0.1:9/forged".to_owned(),
+            headers: Vec::new(),
+            body: b"forged",
+            enqueued_at: (1_800_000_000, 0),
+            original_error: "connection refused",
+            attempts: 0,
+            last_error: None,
+            not_before: None,
+            partition: "127.0.0.1:9",
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = vec![1u8];
+        bytes.extend(postcard::to_allocvec(self).unwrap());
+        bytes
+    }
+}
+
+/// Writes `value` under `key` into the tree `tree` of the queue database in `dir`.
+fn write_raw(dir: &tempfile::TempDir, tree: &str, key: &[u8], value: &[u8]) {
+    let db = sled::open(dir.path().join("queue")).unwrap();
+    db.open_tree(tree).unwrap().insert(key, value).unwrap();
+    db.flush().unwrap();
+}
+
+/// Opens the queue, retrying for up to 2 s while the lock of a database that `write_raw` just
+/// dropped is still held: sled 0.34 releases it from a background thread.
+fn open(config: RetryQueueConfig) -> Result<RetryQueue, QueueError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match RetryQueue::open(config.clone()) {
+            Err(error)
+                if error.kind() == QueueErrorKind::AlreadyOpen
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Opens the queue on a background thread, so a panic inside `open` fails one assert.
+fn open_in_thread(dir: &tempfile::TempDir) -> std::thread::Result<usize> {
+    let config = config(dir);
+    std::thread::spawn(move || open(config).map(|queue| queue.len()))
+        .join()
+        .map(|opened| opened.unwrap())
+}
+
+#[test]
+fn record_with_huge_enqueue_time_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut record = Record::valid();
+    record.enqueued_at = (u64::MAX, 0);
+    write_raw(&dir, "ready", &0u64.to_be_bytes(), &record.encode());
+
+    let opened = open_in_thread(&dir);
+    assert!(
+        opened.is_ok(),
+        "open panicked on a record whose enqueue time overflows SystemTime"
+    );
+    assert_eq!(opened.unwrap(), 0);
+}
+
+#[test]
+fn record_with_huge_not_before_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut record = Record::valid();
+    record.not_before = Some((u64::MAX, 0));
+    write_raw(&dir, "ready", &0u64.to_be_bytes(), &record.encode());
+
+    let opened = open_in_thread(&dir);
+    assert!(
+        opened.is_ok(),
+        "open panicked on a record whose not_before overflows SystemTime"
+    );
+    assert_eq!(opened.unwrap(), 0);
+}
+
+#[test]
+fn record_with_too_many_headers_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut record = Record::valid();
+    // A HeaderMap accepts at most 32768 entries.
+    record.headers = vec![("x-a", b"1".as_slice()); 40_000];
+    write_raw(&dir, "ready", &0u64.to_be_bytes(), &record.encode());
+
+    let opened = open_in_thread(&dir);
+    assert!(
+        opened.is_ok(),
+        "open panicked on a record with more headers than a HeaderMap accepts"
+    );
+    assert_eq!(opened.unwrap(), 0);
+}
+
+#[test]
+fn malformed_records_dead_lettered_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wrong_version = Record::valid().encode();
+    wrong_version[0] = 2;
+    let mut truncated = Record::valid().encode();
+    truncated.truncate(10);
+    let mut flipped = Record::valid().encode();
+    for byte in flipped.iter_mut().skip(17).step_by(3) {
+        *byte ^= 0xa5;
+    }
+    let cases: [&[u8]; 4] = [&[], &wrong_version, &truncated, &flipped];
+    for (key, value) in cases.iter().enumerate() {
+        write_raw(&dir, "ready", &(key as u64).to_be_bytes(), value);
+    }
+    write_raw(&dir, "in_flight", &10u64.to_be_bytes(), b"\x01garbage");
+    write_raw(&dir, "dead", &11u64.to_be_bytes(), b"");
+
+    let opened = open_in_thread(&dir);
+    assert!(opened.is_ok(), "open panicked on malformed records");
+    assert_eq!(opened.unwrap(), 0);
+    let queue = open(config(&dir)).unwrap();
+    assert_eq!(queue.stats().dead, 6);
+    assert_eq!(queue.dead_letters().unwrap().len(), 0);
+}
