@@ -137,6 +137,62 @@ fn record_with_too_many_headers_dead_lettered() {
     assert_eq!(opened.unwrap(), 0);
 }
 
+#[tokio::test]
+async fn invalid_key_does_not_reuse_live_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let queue = RetryQueue::open(config(&dir)).unwrap();
+        queue.enqueue(item("first")).await.unwrap()
+    };
+    // A 9-byte key sorts after every 8-byte big-endian key, so it is the tree's last entry.
+    write_raw(&dir, "ready", &[0xff; 9], b"garbage");
+
+    let queue = open(config(&dir)).unwrap();
+    let second = queue.enqueue(item("second")).await.unwrap();
+    assert_eq!(queue.len(), 2);
+
+    let mut leased_ids = Vec::new();
+    while let Some(leased) = queue.take().await.unwrap() {
+        leased_ids.push(leased.id());
+        queue.ack(leased.id()).await.unwrap();
+    }
+    assert_eq!(leased_ids, vec![first, second]);
+}
+
+#[tokio::test]
+async fn record_at_max_key_survives_enqueue() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = Record::valid();
+    let forged = Uuid::from_bytes(record.id);
+    write_raw(&dir, "ready", &u64::MAX.to_be_bytes(), &record.encode());
+
+    let queue = open(config(&dir)).unwrap();
+    assert_eq!(queue.len(), 1);
+    let enqueued = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.enqueue(item("next")).await.map_err(|e| e.to_string()) }
+    })
+    .await;
+    assert!(
+        enqueued.is_ok(),
+        "enqueue panicked after a record at key u64::MAX"
+    );
+    let next = enqueued.unwrap().unwrap();
+    assert_eq!(queue.len(), 2);
+
+    let mut leased_ids = Vec::new();
+    while let Some(leased) = queue.take().await.unwrap() {
+        leased_ids.push(leased.id());
+        queue.ack(leased.id()).await.unwrap();
+    }
+    assert_eq!(leased_ids.len(), 2);
+    assert!(
+        leased_ids.contains(&forged),
+        "the record at key u64::MAX was lost"
+    );
+    assert!(leased_ids.contains(&next), "the enqueued item was lost");
+}
+
 #[test]
 fn malformed_records_dead_lettered_on_open() {
     let dir = tempfile::tempdir().unwrap();

@@ -146,8 +146,54 @@ fn key_from(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
+/// Returns the largest valid key of `tree`. A key of the wrong length sorts by its bytes, so it can
+/// be the last entry and is skipped.
 fn last_key(tree: &Tree) -> Result<Option<u64>, sled::Error> {
-    Ok(tree.last()?.and_then(|(key, _)| key_from(&key)))
+    for entry in tree.iter().keys().rev() {
+        if let Some(key) = key_from(&entry?) {
+            return Ok(Some(key));
+        }
+    }
+    Ok(None)
+}
+
+/// Keys above this make [`SledStorage::load`] renumber the ready and dead records from zero.
+/// Sequence numbers grow by one per enqueue or nack, so only a damaged or hand-edited store gets
+/// here, and renumbering leaves about 2^63 numbers for the rest of the queue's life.
+const RENUMBER_ABOVE: u64 = u64::MAX / 2;
+
+/// Moves every record with a valid key in `ready` and `dead` to the keys 0, 1, 2, … in key order.
+///
+/// The `i`-th smallest key is at least `i`, so moving records in ascending order never overwrites
+/// a record that has not moved yet. Each move is one transaction, and a crash in between leaves
+/// distinct keys in the same order, so the next load renumbers the rest.
+fn renumber(ready: &Tree, dead: &Tree) -> Result<(), BoxError> {
+    let mut keys: Vec<(u64, bool)> = Vec::new();
+    for (tree, is_dead) in [(ready, false), (dead, true)] {
+        for key in tree.iter().keys() {
+            if let Some(key) = key_from(&key?) {
+                keys.push((key, is_dead));
+            }
+        }
+    }
+    keys.sort_unstable();
+    for (new_key, (old_key, is_dead)) in (0u64..).zip(keys) {
+        if new_key == old_key {
+            continue;
+        }
+        let tree = if is_dead { dead } else { ready };
+        tree.transaction(|tree| {
+            if let Some(record) = tree.remove(&key_bytes(old_key))? {
+                tree.insert(&key_bytes(new_key), record)?;
+            }
+            Ok::<_, ConflictableTransactionError<()>>(())
+        })
+        .map_err(flatten)?;
+    }
+    tracing::warn!(
+        "renumbered the retry queue records because a key was near the end of the sequence"
+    );
+    Ok(())
 }
 
 fn flatten(error: TransactionError<()>) -> BoxError {
@@ -168,6 +214,17 @@ impl Storage for SledStorage {
             self.in_flight.remove(&key)?;
             loaded.restored += 1;
         }
+        let max_key = |storage: &Self| -> Result<Option<u64>, sled::Error> {
+            Ok([last_key(&storage.ready)?, last_key(&storage.dead)?]
+                .into_iter()
+                .flatten()
+                .max())
+        };
+        loaded.max_key = max_key(self)?;
+        if loaded.max_key.is_some_and(|key| key > RENUMBER_ABOVE) {
+            renumber(&self.ready, &self.dead)?;
+            loaded.max_key = max_key(self)?;
+        }
         for entry in self.ready.iter() {
             let (key, value) = entry?;
             match key_from(&key) {
@@ -179,14 +236,6 @@ impl Storage for SledStorage {
             }
         }
         loaded.dead = self.dead.len();
-        loaded.max_key = [
-            last_key(&self.ready)?,
-            last_key(&self.in_flight)?,
-            last_key(&self.dead)?,
-        ]
-        .into_iter()
-        .flatten()
-        .max();
         Ok(loaded)
     }
 
