@@ -218,3 +218,23 @@ fn malformed_records_dead_lettered_on_open() {
     assert_eq!(queue.stats().dead, 6);
     assert_eq!(queue.dead_letters().unwrap().len(), 0);
 }
+
+#[test]
+fn tiny_cache_capacity_rejected_as_invalid() {
+    for capacity in [0, 255] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&dir).cache_capacity(capacity);
+        // sled 0.34.7 asserts a cache capacity of at least 256 bytes.
+        let opened = std::thread::spawn(move || RetryQueue::open(config).map(|_| ())).join();
+        assert!(
+            opened.is_ok(),
+            "open panicked with cache_capacity {capacity}"
+        );
+        let kind = opened.unwrap().unwrap_err().kind();
+        assert_eq!(
+            kind,
+            tower_quota_queue::retry_queue::QueueErrorKind::InvalidConfig,
+            "cache_capacity {capacity}"
+        );
+    }
+}

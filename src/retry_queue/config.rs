@@ -104,11 +104,19 @@ pub struct RetryQueueConfig {
     /// Default: 5. Zero is invalid.
     pub max_attempts: u32,
     /// Sensitive headers that are persisted anyway, by name (case-insensitive). Default: none, so
-    /// `authorization`, `proxy-authorization`, `cookie`, `x-api-key`, `api-key` and every header
-    /// value marked sensitive are dropped before an item reaches disk.
+    /// `authorization`, `proxy-authorization`, `cookie`, `x-api-key`, `api-key`,
+    /// `x-shopify-access-token`, `private-token`, `job-token`, `x-goog-api-key`, `x-auth-token`,
+    /// `x-access-token` and every header value marked sensitive are dropped before an item
+    /// reaches disk.
     pub persist_sensitive_headers: Vec<String>,
+    /// Whether the user information of a request URI (`user:password@` in
+    /// `https://user:password@host/`) is persisted. Default: `false`, so it is removed before an
+    /// item reaches disk and the replay goes to the URI without it. Set it to `true` (in a config
+    /// file, `"persist_uri_userinfo": true`) only for a server that needs those credentials and a
+    /// queue directory that may hold them.
+    pub persist_uri_userinfo: bool,
     /// The maximum size of sled's page cache in bytes. Default: 16 MiB (sled's own default is
-    /// 1 GiB, far more than a queue of failed requests needs).
+    /// 1 GiB, far more than a queue of failed requests needs). Values below 256 are invalid.
     pub cache_capacity: u64,
 }
 
@@ -123,6 +131,7 @@ impl Default for RetryQueueConfig {
             durability: Durability::Flush,
             max_attempts: 5,
             persist_sensitive_headers: Vec::new(),
+            persist_uri_userinfo: false,
             cache_capacity: 16 * 1024 * 1024,
         }
     }
@@ -202,7 +211,16 @@ impl RetryQueueConfig {
         self
     }
 
-    /// Sets the maximum size of sled's page cache in bytes. Default: 16 MiB.
+    /// Sets whether the user information of a request URI is persisted. Default: `false`, so it is
+    /// removed before an item reaches disk.
+    #[must_use]
+    pub fn persist_uri_userinfo(mut self, persist: bool) -> Self {
+        self.persist_uri_userinfo = persist;
+        self
+    }
+
+    /// Sets the maximum size of sled's page cache in bytes. Default: 16 MiB. Values below 256 are
+    /// rejected by [`RetryQueue::open`](super::RetryQueue::open).
     #[must_use]
     pub fn cache_capacity(mut self, bytes: u64) -> Self {
         self.cache_capacity = bytes;
@@ -220,6 +238,12 @@ impl RetryQueueConfig {
         if self.item_ttl.is_zero() {
             return Err(invalid("item_ttl", "must be longer than zero"));
         }
+        if self.cache_capacity < MIN_CACHE_CAPACITY {
+            return Err(invalid(
+                "cache_capacity",
+                format!("must be at least {MIN_CACHE_CAPACITY} bytes"),
+            ));
+        }
         if self.path.as_os_str().is_empty() {
             return Err(invalid("path", "must not be empty"));
         }
@@ -236,6 +260,9 @@ impl RetryQueueConfig {
             .collect()
     }
 }
+
+/// The smallest page cache sled 0.34.7 accepts: its `Lru::new` asserts it when the database opens.
+const MIN_CACHE_CAPACITY: u64 = 256;
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> QueueError {
     QueueError::InvalidConfig {

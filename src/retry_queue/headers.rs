@@ -1,14 +1,30 @@
-//! Header rules applied before an item is persisted.
+//! Secret and header rules applied before an item is persisted.
 
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use uuid::Uuid;
 
 /// The `Idempotency-Key` request header.
 pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
-/// Headers that carry credentials and are never persisted unless opted in.
-const SECRET_HEADERS: [&str; 2] = ["x-api-key", "api-key"];
+/// Headers that carry credentials and are never persisted unless opted in, besides
+/// `authorization`, `proxy-authorization` and `cookie`.
+///
+/// `x-api-key` and `api-key` are the generic API key headers (Anthropic, Azure OpenAI),
+/// `x-shopify-access-token` is the Shopify Admin API token, `private-token` and `job-token` are
+/// GitLab tokens, `x-goog-api-key` is a Google API key, and `x-auth-token` and `x-access-token`
+/// are common session and access token headers.
+pub(crate) const SECRET_HEADERS: [&str; 8] = [
+    "x-api-key",
+    "api-key",
+    "x-shopify-access-token",
+    "private-token",
+    "job-token",
+    "x-goog-api-key",
+    "x-auth-token",
+    "x-access-token",
+];
 
 /// Returns whether a header must be dropped before persisting.
 fn is_secret(name: &HeaderName, value: &HeaderValue) -> bool {
@@ -33,6 +49,26 @@ pub(crate) fn strip_secrets(headers: &mut HeaderMap, keep: &[HeaderName]) -> usi
         }
     }
     dropped
+}
+
+/// Removes the user information (`user:password@`) from the authority of `uri`, and returns
+/// whether there was any.
+pub(crate) fn strip_userinfo(uri: &mut Uri) -> bool {
+    let Some(host) = uri
+        .authority()
+        .and_then(|authority| authority.as_str().rsplit_once('@'))
+        .map(|(_, host)| host.to_owned())
+    else {
+        return false;
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.authority = Authority::try_from(host.as_str()).ok();
+    match Uri::from_parts(parts) {
+        Ok(stripped) => *uri = stripped,
+        // Unreachable for a URI that parsed with this authority. An empty URI keeps no secret.
+        Err(_) => tracing::debug!("dropped a URI whose authority could not be rebuilt"),
+    }
+    true
 }
 
 /// Sets `Idempotency-Key` to the item id unless the request already has one.
@@ -78,6 +114,22 @@ mod tests {
         let keep = [HeaderName::from_static("x-api-key")];
         assert_eq!(strip_secrets(&mut headers, &keep), 1);
         assert_eq!(headers["x-api-key"], "k");
+    }
+
+    #[test]
+    fn strip_userinfo_keeps_host_port_and_path() {
+        let mut uri: Uri = "https://user:secret@api.example.com:8443/v1/items?page=2"
+            .parse()
+            .unwrap();
+        assert!(strip_userinfo(&mut uri));
+        assert_eq!(uri, "https://api.example.com:8443/v1/items?page=2");
+    }
+
+    #[test]
+    fn strip_userinfo_leaves_plain_uri() {
+        let mut uri: Uri = "http://127.0.0.1:9/v1".parse().unwrap();
+        assert!(!strip_userinfo(&mut uri));
+        assert_eq!(uri, "http://127.0.0.1:9/v1");
     }
 
     #[test]

@@ -79,9 +79,12 @@
 //!
 //! # Secrets
 //!
-//! `authorization`, `proxy-authorization`, `cookie`, `x-api-key`, `api-key` and every header value
-//! marked sensitive are dropped before an item is written, unless named in
-//! [`RetryQueueConfig::persist_sensitive_headers`].
+//! The credential headers `authorization`, `proxy-authorization`, `cookie`, `x-api-key`,
+//! `api-key`, `x-shopify-access-token`, `private-token`, `job-token`, `x-goog-api-key`,
+//! `x-auth-token` and `x-access-token`, and every header value marked sensitive, are dropped
+//! before an item is written, unless named in [`RetryQueueConfig::persist_sensitive_headers`].
+//! The user information of the URI (`user:password@`) is removed too, unless
+//! [`RetryQueueConfig::persist_uri_userinfo`] is set.
 //!
 //! # Idempotency
 //!

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::config::{Durability, Overflow, RetryQueueConfig};
 use super::error::QueueError;
-use super::headers::{ensure_idempotency_key, strip_secrets};
+use super::headers::{ensure_idempotency_key, strip_secrets, strip_userinfo};
 use super::record;
 use super::request::{is_stale, QueuedRequest};
 use super::store::{Flusher, SledStorage, Storage};
@@ -205,8 +205,9 @@ impl RetryQueue {
     /// Persists an item at the tail of the queue and returns its id.
     ///
     /// Before the item is written, sensitive headers are dropped (see
-    /// [`RetryQueueConfig::persist_sensitive_headers`]) and an `Idempotency-Key` equal to the id is
-    /// added unless the request has one. With [`Durability::Flush`] the future resolves after the
+    /// [`RetryQueueConfig::persist_sensitive_headers`]), the user information of the URI is
+    /// removed (see [`RetryQueueConfig::persist_uri_userinfo`]), and an `Idempotency-Key` equal to
+    /// the id is added unless the request has one. With [`Durability::Flush`] the future resolves after the
     /// item is on disk. When the queue is full, [`Overflow`] decides between evicting the oldest
     /// ready item and rejecting this one.
     ///
@@ -220,6 +221,9 @@ impl RetryQueue {
         let dropped = strip_secrets(&mut item.headers, &self.inner.persisted_secrets);
         if dropped > 0 {
             tracing::trace!(request_id = %id, dropped, "dropped sensitive headers before persisting");
+        }
+        if !self.inner.config.persist_uri_userinfo && strip_userinfo(&mut item.uri) {
+            tracing::trace!(request_id = %id, "dropped user information from the URI before persisting");
         }
         ensure_idempotency_key(&mut item.headers, id);
         let bytes = record::encode(&item).map_err(QueueError::storage)?;
