@@ -128,10 +128,12 @@
 //!
 //! Per request, the service derives the partition key (borrowed for the default partitioner),
 //! looks up the partition's shared state once under a read lock and keeps it in the response
-//! future. Reading a response is one pass over its headers with no allocation. A response without
-//! quota headers takes no lock and reads no clock. The enforcing service reads an atomic flag and
-//! takes the partition's lock only while a deadline may be in force. A local limit adds one lock
-//! per request.
+//! future. Parsing a response is one pass over its headers with no allocation, and the tracker
+//! allocates only for a dimension it has not seen before and for a warning. A response without
+//! quota headers, unless its status is 429, takes no lock and reads no clock. The enforcing
+//! service reads an atomic flag and takes the partition's lock only while a deadline may be in
+//! force. A local limit adds one lock per request. The `quota` criterion bench measures these
+//! paths against a bare service and an identity layer.
 //!
 //! # Memory
 //!
