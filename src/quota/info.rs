@@ -49,8 +49,8 @@ pub enum QuotaSource {
 #[non_exhaustive]
 pub struct QuotaInfo {
     /// The dimension or policy: `requests`, `tokens`, `input-tokens`, `output-tokens`, an IETF
-    /// policy name, a GitHub resource, a Discord bucket, or `default` for headers that do not
-    /// name one. The local count reports `requests`.
+    /// policy name, a GitHub resource, a Discord bucket, a GitLab throttle name, or `default` for
+    /// headers that do not name one. The local count reports `requests`.
     pub dimension: String,
     /// The number of units allowed in the window.
     pub limit: Option<u64>,

@@ -22,7 +22,7 @@
 //! | Reddit | float counts such as `598.0`, the limit inferred from used plus remaining |
 //! | X | `x-rate-limit-{limit,remaining,reset}` |
 //! | Shopify | `X-Shopify-Shop-Api-Call-Limit: 32/40` |
-//! | GitLab | `RateLimit-Observed`, epoch `RateLimit-Reset`, `RateLimit-ResetTime` |
+//! | GitLab | `RateLimit-Observed`, epoch `RateLimit-Reset`, `RateLimit-ResetTime`, `RateLimit-Name` (names the dimension) |
 //!
 //! Header names match in any case. A bare reset number below 1e9 is a delta in seconds, from 1e9
 //! it is epoch seconds and from 1e12 epoch milliseconds. Malformed values are ignored with a

@@ -3,8 +3,8 @@
 //! - Separate fields: `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`, where the
 //!   limit may be followed by policies (`10, 10;w=1, 50;w=60`) and a separate
 //!   `RateLimit-Policy: 10;w=1, 50;w=60` only describes the windows.
-//! - GitLab: the separate fields with an epoch reset, `RateLimit-Observed` (units used) and
-//!   `RateLimit-ResetTime` (an HTTP-date).
+//! - GitLab: the separate fields with an epoch reset, `RateLimit-Observed` (units used),
+//!   `RateLimit-ResetTime` (an HTTP-date) and `RateLimit-Name` (which names the dimension).
 //! - Combined: `RateLimit: limit=100, remaining=50, reset=5`.
 //! - Structured fields: `RateLimit-Policy: "burst";q=100;w=60` states each policy's quota and
 //!   `RateLimit: "burst";r=37;t=21` its remaining units and seconds to reset. Either field may
@@ -34,6 +34,12 @@ pub(super) fn read<'a>(collector: &mut Collector<'a>, name: &str, text: &'a str)
         "ratelimit-resettime" => {
             Understood::store(httpdate::parse_http_date(text.trim_ascii()).ok(), |at| {
                 ietf.set_reset(at, ResetPrecision::Fallback);
+            })
+        }
+        "ratelimit-name" => {
+            let name = text.trim_ascii();
+            Understood::store((!name.is_empty()).then_some(name), |name| {
+                collector.ietf_name = Some(name);
             })
         }
         "ratelimit-policy" => read_policy(collector, text),

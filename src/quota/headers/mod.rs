@@ -160,6 +160,8 @@ pub(crate) struct Collector<'a> {
     pub(crate) legacy_name: Option<&'a str>,
     /// Unnamed IETF `RateLimit-*` and combined `RateLimit` values.
     pub(crate) ietf: Observation<'a>,
+    /// A name for `ietf`: GitLab's `RateLimit-Name`.
+    pub(crate) ietf_name: Option<&'a str>,
     /// IETF policy limits, kept apart until the policy's `RateLimit` member is seen.
     pub(crate) observations: Observations<'a>,
     retry_after_ms: Option<SystemTime>,
@@ -172,6 +174,7 @@ impl<'a> Collector<'a> {
             legacy: Observation::default(),
             legacy_name: None,
             ietf: Observation::default(),
+            ietf_name: None,
             observations: Observations::default(),
             retry_after_ms: None,
         }
@@ -185,7 +188,7 @@ impl<'a> Collector<'a> {
         let mut legacy = self.legacy;
         legacy.dimension = self.legacy_name.unwrap_or(DEFAULT_DIMENSION);
         let mut ietf = self.ietf;
-        ietf.dimension = DEFAULT_DIMENSION;
+        ietf.dimension = self.ietf_name.unwrap_or(DEFAULT_DIMENSION);
         self.observations.push(&legacy);
         self.observations.push(&ietf);
 

@@ -393,9 +393,11 @@ fn gitlab_observed_and_epoch_reset() {
         ("RateLimit-Observed", "67"),
         ("RateLimit-Reset", reset.as_str()),
         ("RateLimit-ResetTime", "Fri, 15 Mar 2024 12:05:00 GMT"),
+        ("RateLimit-Name", "throttle_authenticated_api"),
     ]);
     let parsed = parse(&map, now());
     let observation = only(&parsed);
+    assert_eq!(observation.dimension, "throttle_authenticated_api");
     assert_eq!(observation.limit, Some(600));
     assert_eq!(observation.used, Some(67));
     assert_eq!(observation.remaining, Some(533));
@@ -478,6 +480,7 @@ fn header_strategy() -> impl Strategy<Value = (String, Vec<u8>)> {
         "ratelimit-limit",
         "ratelimit-reset",
         "ratelimit-resettime",
+        "ratelimit-name",
         "retry-after",
         "retry-after-ms",
     ]);
