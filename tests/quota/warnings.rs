@@ -163,3 +163,29 @@ async fn local_count_warns_once() {
     }
     assert_eq!(warnings.count(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn malformed_value_logs_debug_without_value() {
+    let (events, _guard) = Warnings::install();
+    let tracker = QuotaTracker::new();
+    let map = headers(&[
+        ("x-ratelimit-limit", "60"),
+        ("x-ratelimit-remaining", "-3"),
+        ("x-ratelimit-reset", "sk-secret-token"),
+    ]);
+    tracker.update_from_headers(&map);
+
+    let debug = events.at_level(tracing::Level::DEBUG);
+    let headers: Vec<&str> = debug
+        .iter()
+        .map(|fields| fields["header"].as_str())
+        .collect();
+    assert_eq!(headers, ["x-ratelimit-remaining", "x-ratelimit-reset"]);
+    for fields in &debug {
+        for value in fields.values() {
+            assert!(!value.contains("-3"), "{fields:?}");
+            assert!(!value.contains("secret"), "{fields:?}");
+        }
+    }
+    assert_eq!(events.count(), 0);
+}
