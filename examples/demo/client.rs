@@ -1,5 +1,6 @@
 //! The client side: the middleware stack and a sender with bounded concurrency.
 
+use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +36,18 @@ pub(crate) enum QueueCause {
     ConnectionError,
 }
 
+impl fmt::Display for QueueCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cause = match self {
+            Self::RateLimited => "429",
+            Self::Unavailable => "503",
+            Self::OtherStatus => "other retryable status",
+            Self::ConnectionError => "connection error",
+        };
+        f.write_str(cause)
+    }
+}
+
 /// Builds the `authorization` header value, marked sensitive so that logs and the queue skip it.
 pub(crate) fn bearer_token(api_key: &str) -> Result<HeaderValue, BoxError> {
     let mut value = HeaderValue::try_from(format!("Bearer {api_key}"))?;
@@ -64,6 +77,9 @@ pub(crate) fn request_ids(count: usize) -> Vec<String> {
         .collect()
 }
 
+/// The `max_tokens` of every chat request, which bounds the output tokens the server charges.
+pub(crate) const MAX_TOKENS: u64 = 64;
+
 /// Builds one JSON chat completion request that carries its id in `metadata.request_id`.
 pub(crate) fn chat_request(
     endpoint: &str,
@@ -76,7 +92,7 @@ pub(crate) fn chat_request(
             "role": "user",
             "content": format!("Summarize ticket {index} in one sentence."),
         }],
-        "max_tokens": 64,
+        "max_tokens": MAX_TOKENS,
         "metadata": {"request_id": request_id},
     });
     let request = Request::builder()
@@ -161,8 +177,10 @@ where
 fn log_outcome(request_id: &str, outcome: &FirstAttempt) {
     match outcome {
         FirstAttempt::Succeeded => {}
+        // One event per queued request would bury the summary at the default level, so the count
+        // appears once in "first attempts finished" and each request only at DEBUG.
         FirstAttempt::Queued(cause, id) => {
-            tracing::info!(request_id, queued_id = %id, "request failed ({cause}), queued for replay");
+            tracing::debug!(request_id, queued_id = %id, "request failed ({cause}), queued for replay");
         }
         FirstAttempt::NotQueued(reason) => {
             tracing::error!(request_id, %reason, "request failed and was not queued");

@@ -5,6 +5,7 @@
 //! cargo run --example demo -- --help
 //! ```
 
+mod args;
 mod client;
 mod dialect;
 mod replay;
@@ -13,64 +14,17 @@ mod server;
 mod summary;
 mod warnings;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::dialect::Dialect;
+use crate::args::Args;
 use crate::scenario::DemoConfig;
-use crate::server::{OutageMode, ServerConfig};
+use crate::server::ServerConfig;
 use crate::warnings::QuotaWarningCounter;
-
-/// Demo of tower-quota-queue against a fake rate-limited LLM API on 127.0.0.1.
-#[derive(Debug, Parser)]
-struct Args {
-    /// Number of chat completion requests to send.
-    #[arg(long, default_value_t = 200)]
-    requests: usize,
-    /// Maximum number of requests in flight at once.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
-    /// Number of arriving requests that meet the server's outage.
-    #[arg(long, default_value_t = 40)]
-    outage: u64,
-    /// Arrival number (starting at 1) of the first request that meets the outage.
-    #[arg(long, default_value_t = 60)]
-    outage_start: u64,
-    /// Failure mode of the server during the outage.
-    #[arg(long, value_enum, default_value_t = OutageMode::Mixed)]
-    outage_mode: OutageMode,
-    /// Make the server ignore `Idempotency-Key`, so a replay of a request whose response was lost
-    /// completes it a second time.
-    #[arg(long)]
-    ignore_idempotency_key: bool,
-    /// Format of the quota headers the server sends.
-    #[arg(long, value_enum, default_value_t = Dialect::Openai)]
-    dialect: Dialect,
-    /// Requests the server allows per quota window.
-    #[arg(long, default_value_t = 150)]
-    request_limit: u64,
-    /// Input tokens the server allows per quota window; output tokens get a quarter of this.
-    #[arg(long, default_value_t = 40_000)]
-    token_limit: u64,
-    /// Length of the server's quota window, for example `5s` or `1m`.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
-    window: Duration,
-    /// Directory of the retry queue [default: a fresh temporary directory].
-    #[arg(long)]
-    queue_dir: Option<PathBuf>,
-    /// Keep the queue directory after the run for inspection.
-    #[arg(long)]
-    keep: bool,
-    /// Maximum time the replay may take before the demo reports what is still queued.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
-    replay_timeout: Duration,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -129,7 +83,7 @@ async fn run(
             api_key: format!("sk-demo-{}", uuid::Uuid::new_v4().simple()),
         },
         queue_dir,
-        replay_timeout: args.replay_timeout,
+        replay_timeout: args.replay_timeout(),
     };
     let mut summary = scenario::run(&config, warnings).await?;
     summary.queue_dir_kept = args.keep || args.queue_dir.is_some();

@@ -67,7 +67,7 @@ where
         tracing::warn!(
             pending = queue.len(),
             timeout_secs = timeout.as_secs(),
-            "replay timed out with items still queued"
+            "replay timed out with items still queued; a longer --replay-timeout lets it finish"
         );
     }
     let report = worker.shutdown().await;
@@ -108,26 +108,34 @@ pub(crate) fn request_id_of(item: &QueuedRequest) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Lists the request ids still stored in the queue, dead letters included.
+/// The request ids of this queue's items, split by where they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct StoredIds {
+    /// Ids of items waiting for a replay or being replayed.
+    pub(crate) pending: HashSet<String>,
+    /// Ids of items that ran out of attempts.
+    pub(crate) dead_letters: HashSet<String>,
+    /// Number of pending items that could not be listed.
+    pub(crate) unlisted: usize,
+}
+
+/// Lists the request ids still stored in the queue, pending and dead letters apart.
 ///
-/// Returns the ids and the number of items that could not be listed: items whose `Retry-After`
-/// has not passed are invisible to `take_where`, so they count as unlisted.
-pub(crate) async fn stored_request_ids(
-    queue: &RetryQueue,
-) -> Result<(HashSet<String>, usize), BoxError> {
-    let mut ids = HashSet::new();
+/// `take_where` skips items whose `Retry-After` has not passed, so those count as unlisted.
+pub(crate) async fn stored_request_ids(queue: &RetryQueue) -> Result<StoredIds, BoxError> {
+    let mut stored = StoredIds::default();
     let mut visited = 0;
     // A predicate that rejects every item visits each ready item and leases none.
     queue
         .take_where(|item| {
             visited += 1;
-            ids.extend(request_id_of(item));
+            stored.pending.extend(request_id_of(item));
             false
         })
         .await?;
     for item in queue.dead_letters()? {
-        ids.extend(request_id_of(&item));
+        stored.dead_letters.extend(request_id_of(&item));
     }
-    let unlisted = queue.len().saturating_sub(visited);
-    Ok((ids, unlisted))
+    stored.unlisted = queue.len().saturating_sub(visited);
+    Ok(stored)
 }

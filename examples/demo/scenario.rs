@@ -1,6 +1,5 @@
 //! One demo run: start the server, send the requests, replay the queue, check the ledger.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use tower_quota_queue::retry_queue::{
 use tower_quota_queue::BoxError;
 
 use crate::client::{self, FirstAttempt};
-use crate::replay;
+use crate::replay::{self, StoredIds};
 use crate::server::{FakeLlmServer, ServerConfig};
 use crate::summary::{Delivery, DimensionStatus, FirstAttemptCounts, Summary};
 use crate::warnings::QuotaWarningCounter;
@@ -74,14 +73,13 @@ pub(crate) async fn run(
     )
     .await?;
 
-    let (stored_ids, dead_lettered) = inspect_queue(queue).await?;
+    let stored = inspect_queue(queue).await?;
 
-    let delivery = Delivery::check(&sent, &server.completed(), &stored_ids);
+    let delivery = Delivery::check(&sent, &server.completed(), &stored);
     Ok(Summary {
         dialect: config.server.dialect.to_string(),
         first: FirstAttemptCounts::of(&outcomes),
         replay: totals,
-        dead_lettered,
         delivery,
         server: server.stats(),
         quota_warnings: warnings.count_for(&partition),
@@ -93,18 +91,17 @@ pub(crate) async fn run(
     })
 }
 
-/// Returns the request ids still stored in the queue and its number of dead letters, then closes
-/// the queue so that sled writes everything to its files.
-async fn inspect_queue(queue: RetryQueue) -> Result<(HashSet<String>, usize), BoxError> {
-    let (stored_ids, unlisted) = replay::stored_request_ids(&queue).await?;
-    if unlisted > 0 {
+/// Returns the request ids still stored in the queue, then closes the queue so that sled writes
+/// everything to its files.
+async fn inspect_queue(queue: RetryQueue) -> Result<StoredIds, BoxError> {
+    let stored = replay::stored_request_ids(&queue).await?;
+    if stored.unlisted > 0 {
         tracing::warn!(
-            unlisted,
+            unlisted = stored.unlisted,
             "queued items still waiting for Retry-After could not be listed and count as lost"
         );
     }
-    let dead_lettered = queue.stats().dead;
-    Ok((stored_ids, dead_lettered))
+    Ok(stored)
 }
 
 fn log_first_attempts(outcomes: &[FirstAttempt], pending: usize) {

@@ -1,12 +1,12 @@
 //! The demo's closing summary and the server-side loss check.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::client::{FirstAttempt, QueueCause};
-use crate::replay::ReplayTotals;
+use crate::replay::{ReplayTotals, StoredIds};
 use crate::server::ServerStats;
 
 /// The result of comparing the ids the client sent with the server's ledger of completions and
@@ -15,27 +15,31 @@ use crate::server::ServerStats;
 pub(crate) struct Delivery {
     /// Ids completed exactly once that are no longer queued.
     pub(crate) delivered: usize,
-    /// Ids never completed that are still in the queue or its dead letters.
+    /// Ids never completed that still wait in the queue for a replay.
     pub(crate) still_queued: usize,
-    /// Ids never completed and not in the queue.
+    /// Ids never completed that ran out of attempts and sit in the dead letters.
+    pub(crate) dead_lettered: usize,
+    /// Ids never completed and neither in the queue nor in its dead letters.
     pub(crate) lost: Vec<String>,
-    /// Ids completed more than once, or completed and still queued for another replay.
+    /// Ids completed more than once, or completed and still in the queue or its dead letters.
     pub(crate) duplicated: Vec<String>,
 }
 
 impl Delivery {
-    /// Sorts every sent id into delivered, still queued, lost or duplicated.
+    /// Sorts every sent id into delivered, still queued, dead-lettered, lost or duplicated.
     pub(crate) fn check(
         sent: &[String],
         completed: &HashMap<String, u32>,
-        queued: &HashSet<String>,
+        stored: &StoredIds,
     ) -> Self {
         let mut delivery = Self::default();
         for id in sent {
             let times = completed.get(id).copied().unwrap_or(0);
-            let in_queue = queued.contains(id);
-            match (times, in_queue) {
-                (0, true) => delivery.still_queued += 1,
+            let pending = stored.pending.contains(id);
+            let dead = stored.dead_letters.contains(id);
+            match (times, pending || dead) {
+                (0, true) if pending => delivery.still_queued += 1,
+                (0, true) => delivery.dead_lettered += 1,
                 (0, false) => delivery.lost.push(id.clone()),
                 (1, false) => delivery.delivered += 1,
                 _ => delivery.duplicated.push(id.clone()),
@@ -99,8 +103,6 @@ pub(crate) struct Summary {
     pub(crate) dialect: String,
     pub(crate) first: FirstAttemptCounts,
     pub(crate) replay: ReplayTotals,
-    /// Items in the dead-letter tree at the end of the run.
-    pub(crate) dead_lettered: usize,
     pub(crate) delivery: Delivery,
     /// The server's response counts, replays included.
     pub(crate) server: ServerStats,
@@ -162,18 +164,14 @@ impl Summary {
             self.replay.replayed, self.replay.failed_attempts
         );
         row(f, "replayed", replayed)?;
-        row(f, "expired", self.replay.expired)?;
-        row(f, "dead-lettered", self.dead_lettered)
+        row(f, "expired", self.replay.expired)
     }
 
     fn fmt_delivery(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let delivery = &self.delivery;
         row(f, "still queued", delivery.still_queued)?;
-        let lost = format!(
-            "{} (server ledger: every id completed once or still queued)",
-            delivery.lost.len()
-        );
-        row(f, "lost", lost)?;
+        row(f, "dead-lettered", delivery.dead_lettered)?;
+        row(f, "lost", LostLine(&delivery.lost))?;
         row(f, "duplicated", delivery.duplicated.len())?;
         let server = &self.server;
         let completions = format!(
@@ -202,15 +200,31 @@ fn row(f: &mut fmt::Formatter<'_>, label: &str, value: impl fmt::Display) -> fmt
     writeln!(f, "  {label:<24}{value}")
 }
 
-impl fmt::Display for QueueCause {
+/// The number of lost ids, with the first few of them, or the ledger check when there are none.
+struct LostLine<'a>(&'a [String]);
+
+/// How many lost ids the summary names.
+const LOST_IDS_SHOWN: usize = 5;
+
+impl fmt::Display for LostLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let cause = match self {
-            Self::RateLimited => "429",
-            Self::Unavailable => "503",
-            Self::OtherStatus => "other retryable status",
-            Self::ConnectionError => "connection error",
+        let lost = self.0;
+        if lost.is_empty() {
+            return f.write_str(
+                "0 (server ledger: every id completed once, is still queued or is dead-lettered)",
+            );
+        }
+        let shown = lost[..lost.len().min(LOST_IDS_SHOWN)].join(", ");
+        let more = if lost.len() > LOST_IDS_SHOWN {
+            ", ..."
+        } else {
+            ""
         };
-        f.write_str(cause)
+        write!(
+            f,
+            "{} (never completed and not in the queue: {shown}{more})",
+            lost.len()
+        )
     }
 }
 
@@ -235,21 +249,50 @@ impl fmt::Display for QuotaLine<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     #[test]
     fn delivery_check_counts_each_case() {
-        let sent: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
         let completed = HashMap::from([
             ("a".to_owned(), 1),
             ("b".to_owned(), 2),
             ("e".to_owned(), 1),
         ]);
-        let queued = HashSet::from(["c".to_owned(), "e".to_owned()]);
-        let delivery = Delivery::check(&sent, &completed, &queued);
+        let stored = StoredIds {
+            pending: HashSet::from(["c".to_owned(), "e".to_owned()]),
+            dead_letters: HashSet::from(["f".to_owned()]),
+            unlisted: 0,
+        };
+        let sent: Vec<String> = ["a", "b", "c", "d", "e", "f"].map(String::from).to_vec();
+        let delivery = Delivery::check(&sent, &completed, &stored);
         assert_eq!(delivery.delivered, 1);
         assert_eq!(delivery.still_queued, 1);
+        assert_eq!(delivery.dead_lettered, 1);
         assert_eq!(delivery.lost, vec!["d".to_owned()]);
         assert_eq!(delivery.duplicated, vec!["b".to_owned(), "e".to_owned()]);
+    }
+
+    #[test]
+    fn lost_line_without_losses_cites_ledger() {
+        let line = LostLine(&[]).to_string();
+        assert_eq!(
+            line,
+            "0 (server ledger: every id completed once, is still queued or is dead-lettered)"
+        );
+    }
+
+    #[test]
+    fn lost_line_with_losses_names_ids() {
+        let lost: Vec<String> = (1..=7).map(|n| format!("req-{n}")).collect();
+        assert_eq!(
+            LostLine(&lost[..2]).to_string(),
+            "2 (never completed and not in the queue: req-1, req-2)"
+        );
+        assert_eq!(
+            LostLine(&lost).to_string(),
+            "7 (never completed and not in the queue: req-1, req-2, req-3, req-4, req-5, ...)"
+        );
     }
 }
