@@ -39,14 +39,14 @@ fn concurrency_one_is_accepted() {
 #[test]
 fn replay_timeout_default_covers_default_run() {
     let args = Args::try_parse_from(["demo"]).expect("valid arguments");
-    // 200 requests at 150 per 5 s window need 2 windows; plus 2 windows and 30 s.
+    // 200 requests at 150 per 5 s window need 2 windows, and the timeout adds 2 more and 30 s.
     assert_eq!(args.replay_timeout(), Duration::from_secs(50));
 }
 
 #[test]
 fn replay_timeout_default_scales_with_requests() {
     let args = Args::try_parse_from(["demo", "--requests", "2000"]).expect("valid arguments");
-    // 2000 requests at 150 per 5 s window need 14 windows; plus 2 windows and 30 s.
+    // 2000 requests at 150 per 5 s window need 14 windows, and the timeout adds 2 more and 30 s.
     assert_eq!(args.replay_timeout(), Duration::from_secs(110));
 }
 

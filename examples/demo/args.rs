@@ -50,7 +50,7 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) keep: bool,
     /// Maximum time the replay may take before the demo reports what is still queued, for
-    /// example `90s` [default: 30 s plus one window for each window the requests need, plus two].
+    /// example `90s` [default: enough quota windows for every request, plus two windows and 30 s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) replay_timeout: Option<Duration>,
 }
@@ -77,7 +77,7 @@ fn concurrency_parser() -> clap::builder::RangedU64ValueParser<usize> {
 /// Time for backoff delays, replay 429s and the last replays after the final window opens.
 const REPLAY_SLACK: Duration = Duration::from_secs(30);
 
-/// Returns a replay timeout long enough for the server to complete every request.
+/// Returns a replay timeout that leaves the server time to complete every request.
 ///
 /// The server completes at most `request_limit` requests per window, and fewer when the output
 /// tokens (a quarter of `token_limit`) run out first. The timeout covers the windows that
