@@ -24,9 +24,27 @@ fn concurrency_zero_is_rejected() {
     let error = Args::try_parse_from(["demo", "--concurrency", "0"])
         .expect_err("--concurrency 0 must be rejected");
     assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+    let message = error.to_string();
     assert!(
-        error.to_string().contains("--concurrency"),
-        "the error names the option: {error}"
+        message.contains("invalid value '0' for '--concurrency <CONCURRENCY>'"),
+        "the error names the option: {message}"
+    );
+    assert!(
+        message.contains("must be at least 1"),
+        "the error states the minimum: {message}"
+    );
+}
+
+#[test]
+fn concurrency_non_number_is_rejected() {
+    let error = Args::try_parse_from(["demo", "--concurrency", "many"])
+        .expect_err("--concurrency many must be rejected");
+    assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+    assert!(
+        error
+            .to_string()
+            .contains("expected a whole number of at least 1"),
+        "the error states the expected value: {error}"
     );
 }
 

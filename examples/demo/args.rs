@@ -16,7 +16,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 200)]
     pub(crate) requests: usize,
     /// Maximum number of requests in flight at once (at least 1).
-    #[arg(long, default_value_t = 16, value_parser = concurrency_parser())]
+    #[arg(long, default_value_t = 16, value_parser = parse_concurrency)]
     pub(crate) concurrency: usize,
     /// Number of arriving requests that meet the server's outage.
     #[arg(long, default_value_t = 40)]
@@ -70,8 +70,14 @@ impl Args {
 }
 
 /// Parses `--concurrency`, rejecting 0 because no request could be sent.
-fn concurrency_parser() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
+fn parse_concurrency(value: &str) -> Result<usize, String> {
+    let concurrency: usize = value
+        .parse()
+        .map_err(|error| format!("{error}, expected a whole number of at least 1"))?;
+    if concurrency == 0 {
+        return Err("must be at least 1, because no request is sent with 0".to_owned());
+    }
+    Ok(concurrency)
 }
 
 /// Time for backoff delays, replay 429s and the last replays after the final window opens.

@@ -15,13 +15,13 @@ use crate::server::ServerStats;
 pub(crate) struct Delivery {
     /// Ids completed exactly once that are no longer queued.
     pub(crate) delivered: usize,
-    /// Ids never completed that still wait in the queue for a replay.
+    /// Ids completed at most once that still wait in the queue for a replay.
     pub(crate) still_queued: usize,
-    /// Ids never completed that ran out of attempts and sit in the dead letters.
+    /// Ids completed at most once that ran out of attempts and sit in the dead letters.
     pub(crate) dead_lettered: usize,
     /// Ids never completed and neither in the queue nor in its dead letters.
     pub(crate) lost: Vec<String>,
-    /// Ids completed more than once, or completed and still in the queue or its dead letters.
+    /// Ids completed more than once.
     pub(crate) duplicated: Vec<String>,
 }
 
@@ -37,11 +37,13 @@ impl Delivery {
             let times = completed.get(id).copied().unwrap_or(0);
             let pending = stored.pending.contains(id);
             let dead = stored.dead_letters.contains(id);
-            match (times, pending || dead) {
-                (0, true) if pending => delivery.still_queued += 1,
-                (0, true) => delivery.dead_lettered += 1,
-                (0, false) => delivery.lost.push(id.clone()),
-                (1, false) => delivery.delivered += 1,
+            // An id completed once whose response was lost is still in the queue: its replay is
+            // pending, and a server that honours `Idempotency-Key` will not complete it again.
+            match times {
+                0 | 1 if pending => delivery.still_queued += 1,
+                0 | 1 if dead => delivery.dead_lettered += 1,
+                0 => delivery.lost.push(id.clone()),
+                1 => delivery.delivered += 1,
                 _ => delivery.duplicated.push(id.clone()),
             }
         }
@@ -255,23 +257,28 @@ mod tests {
 
     #[test]
     fn delivery_check_counts_each_case() {
+        // a: delivered. b: completed twice. c: pending. d: lost. e: completed once, its response
+        // lost, and its replay pending. f: dead-lettered. g: completed twice and still pending.
         let completed = HashMap::from([
             ("a".to_owned(), 1),
             ("b".to_owned(), 2),
             ("e".to_owned(), 1),
+            ("g".to_owned(), 2),
         ]);
         let stored = StoredIds {
-            pending: HashSet::from(["c".to_owned(), "e".to_owned()]),
+            pending: HashSet::from(["c".to_owned(), "e".to_owned(), "g".to_owned()]),
             dead_letters: HashSet::from(["f".to_owned()]),
             unlisted: 0,
         };
-        let sent: Vec<String> = ["a", "b", "c", "d", "e", "f"].map(String::from).to_vec();
+        let sent: Vec<String> = ["a", "b", "c", "d", "e", "f", "g"]
+            .map(String::from)
+            .to_vec();
         let delivery = Delivery::check(&sent, &completed, &stored);
         assert_eq!(delivery.delivered, 1);
-        assert_eq!(delivery.still_queued, 1);
+        assert_eq!(delivery.still_queued, 2);
         assert_eq!(delivery.dead_lettered, 1);
         assert_eq!(delivery.lost, vec!["d".to_owned()]);
-        assert_eq!(delivery.duplicated, vec!["b".to_owned(), "e".to_owned()]);
+        assert_eq!(delivery.duplicated, vec!["b".to_owned(), "g".to_owned()]);
     }
 
     #[test]
