@@ -219,6 +219,26 @@ fn malformed_records_dead_lettered_on_open() {
     assert_eq!(queue.dead_letters().unwrap().len(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn purge_stale_removes_expired_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    let queue = RetryQueue::open(config(&dir).max_attempts(1).item_ttl(ttl)).unwrap();
+    for n in 0..20 {
+        let id = queue.enqueue(item(&format!("r{n}"))).await.unwrap();
+        queue.take().await.unwrap().unwrap();
+        queue.nack(id, "HTTP 503", None).await.unwrap();
+    }
+    assert_eq!(queue.stats().dead, 20);
+
+    tokio::time::advance(2 * ttl).await;
+    queue.purge_stale().unwrap();
+
+    // Dead letters are counted in no capacity, so without expiry they grow without bound.
+    assert_eq!(queue.stats().dead, 0, "dead letters outlive the item TTL");
+    assert_eq!(queue.dead_letters().unwrap().len(), 0);
+}
+
 #[test]
 fn tiny_cache_capacity_rejected_as_invalid() {
     for capacity in [0, 255] {

@@ -51,12 +51,13 @@ struct Item {
     not_before: Option<SystemTime>,
 }
 
-/// The specification: ready items ordered by key, leases in the order they were taken.
+/// The specification: ready items ordered by key, leases in the order they were taken, and the
+/// enqueue times of dead letters by key.
 #[derive(Debug, Default)]
 struct Model {
     ready: BTreeMap<u64, Item>,
     in_flight: Vec<(u64, Item)>,
-    dead: usize,
+    dead: BTreeMap<u64, SystemTime>,
     next_key: u64,
 }
 
@@ -107,10 +108,13 @@ impl Model {
     }
 
     fn nack(&mut self, index: usize, not_before: Option<SystemTime>) -> NackOutcome {
-        let (_, mut item) = self.in_flight.remove(index);
+        let (key, mut item) = self.in_flight.remove(index);
         item.attempts += 1;
         if item.attempts >= MAX_ATTEMPTS {
-            self.dead += 1;
+            self.dead.insert(key, item.enqueued_at);
+            if self.dead.len() > MAX_SIZE {
+                self.dead.pop_first();
+            }
             return NackOutcome::DeadLettered;
         }
         item.not_before = not_before;
@@ -120,9 +124,13 @@ impl Model {
     }
 
     fn purge_stale(&mut self, now: SystemTime) -> usize {
-        let before = self.ready.len();
+        let before = self.ready.len() + self.dead.len();
         self.ready.retain(|_, item| !Self::is_stale(item, now));
-        before - self.ready.len()
+        self.dead.retain(|_, enqueued_at| {
+            now.duration_since(*enqueued_at)
+                .map_or(true, |age| age < TTL)
+        });
+        before - self.ready.len() - self.dead.len()
     }
 
     fn reopen(&mut self) {
@@ -252,7 +260,7 @@ async fn run(ops: Vec<Op>) {
             model.in_flight.len(),
             "in flight after step {step}"
         );
-        assert_eq!(stats.dead, model.dead, "dead after step {step}");
+        assert_eq!(stats.dead, model.dead.len(), "dead after step {step}");
     }
 }
 

@@ -1,6 +1,6 @@
 //! The durable queue itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -72,7 +72,16 @@ struct State {
     ready_ids: HashMap<Uuid, u64>,
     in_flight: HashMap<Uuid, (u64, SystemTime)>,
     next_key: u64,
-    dead: usize,
+    dead: BTreeMap<u64, DeadMeta>,
+    dead_ids: HashSet<Uuid>,
+}
+
+/// What the index keeps of a dead letter. Both fields are `None` for a record that failed to
+/// decode on open.
+#[derive(Clone, Copy, Debug, Default)]
+struct DeadMeta {
+    id: Option<Uuid>,
+    enqueued_at: Option<SystemTime>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -140,7 +149,7 @@ pub struct QueueStats {
     pub pending: usize,
     /// Leased items that were neither acked nor nacked yet.
     pub in_flight: usize,
-    /// Dead letters.
+    /// Dead letters, at most `max_size`.
     pub dead: usize,
     /// The configured capacity for ready plus in-flight items.
     pub max_size: usize,
@@ -172,13 +181,21 @@ impl RetryQueue {
     /// open the database.
     pub fn open(config: RetryQueueConfig) -> Result<Self, QueueError> {
         let persisted_secrets = config.validate()?;
-        let storage: Arc<dyn Storage> =
-            Arc::new(SledStorage::open(&config.path, config.cache_capacity)?);
-        let state = load_state(storage.as_ref())?;
+        let storage = Arc::new(SledStorage::open(&config.path, config.cache_capacity)?);
+        Self::with_storage(config, persisted_secrets, storage)
+    }
+
+    /// Opens the queue on an opened store.
+    fn with_storage(
+        config: RetryQueueConfig,
+        persisted_secrets: Vec<HeaderName>,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Self, QueueError> {
+        let state = load_state(storage.as_ref(), config.max_size)?;
         tracing::debug!(
             path = %config.path.display(),
             ready = state.ready.len(),
-            dead = state.dead,
+            dead = state.dead.len(),
             "opened retry queue"
         );
         let flusher = match config.durability {
@@ -213,8 +230,8 @@ impl RetryQueue {
     ///
     /// # Errors
     ///
-    /// [`QueueError::Full`], [`QueueError::DuplicateId`] when an item with this id is queued or in
-    /// flight, [`QueueError::Storage`], and [`QueueError::Flush`] when the flush failed. After a
+    /// [`QueueError::Full`], [`QueueError::DuplicateId`] when an item with this id is queued, in
+    /// flight or a dead letter, [`QueueError::Storage`], and [`QueueError::Flush`] when the flush failed. After a
     /// flush error the item is in the queue but may be lost in a crash.
     pub async fn enqueue(&self, mut item: QueuedRequest) -> Result<Uuid, QueueError> {
         let id = item.id;
@@ -237,7 +254,10 @@ impl RetryQueue {
 
     fn insert(&self, meta: ItemMeta, bytes: &[u8]) -> Result<(), QueueError> {
         let mut state = self.lock();
-        if state.ready_ids.contains_key(&meta.id) || state.in_flight.contains_key(&meta.id) {
+        if state.ready_ids.contains_key(&meta.id)
+            || state.in_flight.contains_key(&meta.id)
+            || state.dead_ids.contains(&meta.id)
+        {
             return Err(QueueError::DuplicateId(meta.id));
         }
         while state.ready.len() + state.in_flight.len() >= self.inner.config.max_size {
@@ -339,8 +359,12 @@ impl RetryQueue {
                         .dead_letter_ready(key)
                         .map_err(QueueError::Storage)?;
                     state.remove_ready(key);
-                    state.dead += 1;
                     tracing::warn!(request_id = %meta.id, %error, "moved undecodable item to dead letters");
+                    let dead = DeadMeta {
+                        id: Some(meta.id),
+                        enqueued_at: Some(meta.enqueued_at),
+                    };
+                    self.add_dead_letter(&mut state, key, dead)?;
                     continue;
                 }
             };
@@ -381,7 +405,8 @@ impl RetryQueue {
     ///
     /// Use this when a replay was never completed, for example because the worker shut down. The
     /// item keeps its attempts, `last_error` and `not_before`, and comes before every item enqueued
-    /// after it, as it would after a restart.
+    /// after it, as it would after a restart. A leased item whose stored record no longer decodes
+    /// moves to the dead letters instead, as in [`nack`](Self::nack).
     ///
     /// # Errors
     ///
@@ -390,7 +415,7 @@ impl RetryQueue {
         let storage = self.inner.storage.as_ref();
         {
             let mut state = self.lock();
-            let &(key, _) = state
+            let &(key, enqueued_at) = state
                 .in_flight
                 .get(&id)
                 .ok_or(QueueError::NotInFlight(id))?;
@@ -398,7 +423,21 @@ impl RetryQueue {
                 state.in_flight.remove(&id);
                 return Err(QueueError::NotInFlight(id));
             };
-            let item = record::decode(&bytes).map_err(QueueError::storage)?;
+            let item = match record::decode(&bytes) {
+                Ok(item) => item,
+                Err(error) => {
+                    storage
+                        .dead_letter_in_flight(key, &bytes)
+                        .map_err(QueueError::Storage)?;
+                    state.in_flight.remove(&id);
+                    tracing::warn!(request_id = %id, %error, "moved undecodable item to dead letters");
+                    let dead = DeadMeta {
+                        id: Some(id),
+                        enqueued_at: Some(enqueued_at),
+                    };
+                    return self.add_dead_letter(&mut state, key, dead);
+                }
+            };
             storage.release(key).map_err(QueueError::Storage)?;
             state.in_flight.remove(&id);
             state.ready.insert(key, ItemMeta::of(&item));
@@ -437,7 +476,7 @@ impl RetryQueue {
     ) -> Result<NackOutcome, QueueError> {
         let storage = self.inner.storage.as_ref();
         let mut state = self.lock();
-        let &(key, _) = state
+        let &(key, enqueued_at) = state
             .in_flight
             .get(&id)
             .ok_or(QueueError::NotInFlight(id))?;
@@ -453,8 +492,12 @@ impl RetryQueue {
                     .dead_letter_in_flight(key, &stored)
                     .map_err(QueueError::Storage)?;
                 state.in_flight.remove(&id);
-                state.dead += 1;
                 tracing::warn!(request_id = %id, error = %decode_error, "moved undecodable item to dead letters");
+                let dead = DeadMeta {
+                    id: Some(id),
+                    enqueued_at: Some(enqueued_at),
+                };
+                self.add_dead_letter(&mut state, key, dead)?;
                 return Ok(NackOutcome::DeadLettered);
             }
         };
@@ -468,8 +511,18 @@ impl RetryQueue {
                 .dead_letter_in_flight(key, &bytes)
                 .map_err(QueueError::Storage)?;
             state.in_flight.remove(&id);
-            state.dead += 1;
-            tracing::warn!(request_id = %id, attempts = item.attempts, "retry queue item dead-lettered");
+            // The error is the service error or the retryable status, never a header or the body.
+            tracing::warn!(
+                request_id = %id,
+                attempts = item.attempts,
+                last_error = error,
+                "retry queue item dead-lettered"
+            );
+            let dead = DeadMeta {
+                id: Some(id),
+                enqueued_at: Some(item.enqueued_at),
+            };
+            self.add_dead_letter(&mut state, key, dead)?;
             return Ok(NackOutcome::DeadLettered);
         }
 
@@ -512,7 +565,7 @@ impl RetryQueue {
         QueueStats {
             pending: state.ready.len(),
             in_flight: state.in_flight.len(),
-            dead: state.dead,
+            dead: state.dead.len(),
             max_size: self.inner.config.max_size,
             item_ttl: self.inner.config.item_ttl,
             oldest_age: oldest
@@ -536,7 +589,12 @@ impl RetryQueue {
             .min()
     }
 
-    /// Removes every ready item whose TTL has run out and returns how many were removed.
+    /// Removes every ready item and every dead letter whose TTL has run out, and returns how many
+    /// were removed.
+    ///
+    /// The TTL of a dead letter counts from the enqueue time of its item, like that of a ready
+    /// item. Dead letters whose record failed to decode have no enqueue time, so only the
+    /// `max_size` bound on dead letters removes them.
     ///
     /// # Errors
     ///
@@ -559,7 +617,24 @@ impl RetryQueue {
             state.remove_ready(key);
             tracing::debug!(request_id = %id, "removed stale retry queue item");
         }
-        Ok(stale.len())
+        let stale_dead: Vec<(u64, DeadMeta)> = state
+            .dead
+            .iter()
+            .filter(|(_, meta)| {
+                meta.enqueued_at
+                    .is_some_and(|enqueued_at| is_stale(enqueued_at, ttl, now))
+            })
+            .map(|(&key, &meta)| (key, meta))
+            .collect();
+        for &(key, meta) in &stale_dead {
+            self.inner
+                .storage
+                .remove_dead_letter(key)
+                .map_err(QueueError::Storage)?;
+            state.remove_dead(key);
+            tracing::debug!(request_id = ?meta.id, "removed stale dead letter");
+        }
+        Ok(stale.len() + stale_dead.len())
     }
 
     /// Returns every dead letter that can be decoded, oldest first.
@@ -597,7 +672,10 @@ impl RetryQueue {
 
     /// Deletes every dead letter and returns how many were deleted.
     ///
-    /// Dead letters do not count toward `max_size`, so they stay on disk until this is called.
+    /// Dead letters do not count toward the `max_size` of ready and in-flight items. They stay on
+    /// disk until their TTL runs out and [`purge_stale`](Self::purge_stale) runs, until this is
+    /// called, or until `max_size` newer dead letters push them out: beyond `max_size` dead
+    /// letters, the oldest one is deleted with a `warn!` event.
     ///
     /// # Errors
     ///
@@ -610,7 +688,8 @@ impl RetryQueue {
             .storage
             .clear_dead_letters()
             .map_err(QueueError::Storage)?;
-        state.dead = 0;
+        state.dead.clear();
+        state.dead_ids.clear();
         Ok(removed)
     }
 
@@ -625,6 +704,22 @@ impl RetryQueue {
     /// Returns the key that the next enqueue or nack will use. Items with smaller keys exist now.
     pub(crate) fn next_key(&self) -> u64 {
         self.lock().next_key
+    }
+
+    /// Records a dead letter that is already in the store under `key`, then deletes the oldest
+    /// dead letters beyond `max_size`.
+    fn add_dead_letter(
+        &self,
+        state: &mut State,
+        key: u64,
+        meta: DeadMeta,
+    ) -> Result<(), QueueError> {
+        state.insert_dead(key, meta);
+        trim_dead_letters(
+            self.inner.storage.as_ref(),
+            state,
+            self.inner.config.max_size,
+        )
     }
 
     fn wake_waiters(&self) {
@@ -656,10 +751,46 @@ impl State {
             self.ready_ids.remove(&meta.id);
         }
     }
+
+    fn insert_dead(&mut self, key: u64, meta: DeadMeta) {
+        if let Some(id) = meta.id {
+            self.dead_ids.insert(id);
+        }
+        self.dead.insert(key, meta);
+    }
+
+    fn remove_dead(&mut self, key: u64) {
+        if let Some(DeadMeta { id: Some(id), .. }) = self.dead.remove(&key) {
+            self.dead_ids.remove(&id);
+        }
+    }
+}
+
+/// Deletes the oldest dead letters until at most `max_size` remain, with a `warn!` event each.
+fn trim_dead_letters(
+    storage: &dyn Storage,
+    state: &mut State,
+    max_size: usize,
+) -> Result<(), QueueError> {
+    while state.dead.len() > max_size {
+        let Some((&key, &meta)) = state.dead.first_key_value() else {
+            break;
+        };
+        storage
+            .remove_dead_letter(key)
+            .map_err(QueueError::Storage)?;
+        state.remove_dead(key);
+        tracing::warn!(
+            request_id = ?meta.id,
+            max_size,
+            "too many dead letters, deleted the oldest"
+        );
+    }
+    Ok(())
 }
 
 /// Loads the store and rebuilds the in-memory index, dead-lettering undecodable records.
-fn load_state(storage: &dyn Storage) -> Result<State, QueueError> {
+fn load_state(storage: &dyn Storage, max_size: usize) -> Result<State, QueueError> {
     let mut state = State::default();
     let mut rejected = Vec::new();
     let loaded = storage
@@ -690,6 +821,130 @@ fn load_state(storage: &dyn Storage) -> Result<State, QueueError> {
             .map_err(QueueError::Storage)?;
     }
     state.next_key = loaded.max_key.map_or(0, |key| key.saturating_add(1));
-    state.dead = loaded.dead + rejected.len();
+    storage
+        .visit_dead_letters(&mut |key, bytes| {
+            let meta = record::decode(bytes).map_or_else(
+                |_| DeadMeta::default(),
+                |item| DeadMeta {
+                    id: Some(item.id),
+                    enqueued_at: Some(item.enqueued_at),
+                },
+            );
+            state.insert_dead(key, meta);
+        })
+        .map_err(QueueError::Storage)?;
+    trim_dead_letters(storage, &mut state, max_size)?;
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::retry_queue::store::Loaded;
+    use crate::BoxError;
+
+    /// A sled store whose in-flight records read back as garbage, like a record damaged on disk
+    /// after it was leased.
+    #[derive(Debug)]
+    struct GarbledInFlight(SledStorage);
+
+    impl Storage for GarbledInFlight {
+        fn load(&self, visit: &mut dyn FnMut(u64, &[u8])) -> Result<Loaded, BoxError> {
+            self.0.load(visit)
+        }
+        fn insert_ready(&self, key: u64, record: &[u8]) -> Result<(), BoxError> {
+            self.0.insert_ready(key, record)
+        }
+        fn remove_ready(&self, key: u64) -> Result<(), BoxError> {
+            self.0.remove_ready(key)
+        }
+        fn get_ready(&self, key: u64) -> Result<Option<Vec<u8>>, BoxError> {
+            self.0.get_ready(key)
+        }
+        fn lease(&self, key: u64) -> Result<Option<Vec<u8>>, BoxError> {
+            self.0.lease(key)
+        }
+        fn get_in_flight(&self, key: u64) -> Result<Option<Vec<u8>>, BoxError> {
+            Ok(self.0.get_in_flight(key)?.map(|_| b"\x01garbage".to_vec()))
+        }
+        fn remove_in_flight(&self, key: u64) -> Result<(), BoxError> {
+            self.0.remove_in_flight(key)
+        }
+        fn release(&self, key: u64) -> Result<(), BoxError> {
+            self.0.release(key)
+        }
+        fn requeue(&self, old_key: u64, new_key: u64, record: &[u8]) -> Result<(), BoxError> {
+            self.0.requeue(old_key, new_key, record)
+        }
+        fn dead_letter_in_flight(&self, key: u64, record: &[u8]) -> Result<(), BoxError> {
+            self.0.dead_letter_in_flight(key, record)
+        }
+        fn dead_letter_ready(&self, key: u64) -> Result<(), BoxError> {
+            self.0.dead_letter_ready(key)
+        }
+        fn dead_letters(&self) -> Result<Vec<Vec<u8>>, BoxError> {
+            self.0.dead_letters()
+        }
+        fn visit_dead_letters(&self, visit: &mut dyn FnMut(u64, &[u8])) -> Result<(), BoxError> {
+            self.0.visit_dead_letters(visit)
+        }
+        fn remove_dead_letter(&self, key: u64) -> Result<(), BoxError> {
+            self.0.remove_dead_letter(key)
+        }
+        fn clear_dead_letters(&self) -> Result<usize, BoxError> {
+            self.0.clear_dead_letters()
+        }
+        fn flush(&self) -> Result<(), BoxError> {
+            self.0.flush()
+        }
+    }
+
+    fn garbled_queue(dir: &tempfile::TempDir) -> RetryQueue {
+        let config = RetryQueueConfig::new().path(dir.path());
+        let storage = SledStorage::open(&config.path, config.cache_capacity).unwrap();
+        RetryQueue::with_storage(config, Vec::new(), Arc::new(GarbledInFlight(storage))).unwrap()
+    }
+
+    fn item() -> QueuedRequest {
+        let request = http::Request::get("http://127.0.0.1:9/")
+            .body(Bytes::new())
+            .unwrap();
+        QueuedRequest::new(request, "connection refused")
+    }
+
+    #[tokio::test]
+    async fn release_of_undecodable_item_dead_letters_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = garbled_queue(&dir);
+        let id = queue.enqueue(item()).await.unwrap();
+        assert_eq!(queue.take().await.unwrap().unwrap().id(), id);
+
+        queue.release(id).await.unwrap();
+
+        let stats = queue.stats();
+        assert_eq!(stats.pending, 0);
+        assert_eq!(stats.in_flight, 0);
+        assert_eq!(stats.dead, 1);
+        let error = queue.ack(id).await.unwrap_err();
+        assert_eq!(
+            error.kind(),
+            crate::retry_queue::QueueErrorKind::NotInFlight
+        );
+    }
+
+    #[tokio::test]
+    async fn nack_of_undecodable_item_dead_letters_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = garbled_queue(&dir);
+        let id = queue.enqueue(item()).await.unwrap();
+        queue.take().await.unwrap().unwrap();
+
+        let outcome = queue.nack(id, "HTTP 503", None).await.unwrap();
+
+        assert_eq!(outcome, NackOutcome::DeadLettered);
+        assert_eq!(queue.stats().dead, 1);
+        assert_eq!(queue.stats().in_flight, 0);
+    }
 }

@@ -194,6 +194,12 @@ mod tests {
         fn dead_letters(&self) -> Result<Vec<Vec<u8>>, BoxError> {
             Ok(Vec::new())
         }
+        fn visit_dead_letters(&self, _visit: &mut dyn FnMut(u64, &[u8])) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn remove_dead_letter(&self, _key: u64) -> Result<(), BoxError> {
+            Ok(())
+        }
         fn clear_dead_letters(&self) -> Result<usize, BoxError> {
             Ok(0)
         }

@@ -20,8 +20,6 @@ use crate::BoxError;
 pub(crate) struct Loaded {
     /// The number of in-flight records that were moved back to ready.
     pub(crate) restored: usize,
-    /// The number of dead letters.
-    pub(crate) dead: usize,
     /// The largest key in any keyspace, if any key exists.
     pub(crate) max_key: Option<u64>,
 }
@@ -58,6 +56,10 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug + 'static {
     fn dead_letter_ready(&self, key: u64) -> Result<(), BoxError>;
     /// Returns every dead letter in key order.
     fn dead_letters(&self) -> Result<Vec<Vec<u8>>, BoxError>;
+    /// Calls `visit` with every dead letter that has a valid key, in key order.
+    fn visit_dead_letters(&self, visit: &mut dyn FnMut(u64, &[u8])) -> Result<(), BoxError>;
+    /// Removes a dead letter.
+    fn remove_dead_letter(&self, key: u64) -> Result<(), BoxError>;
     /// Removes every dead letter and returns how many there were.
     fn clear_dead_letters(&self) -> Result<usize, BoxError>;
     /// Writes every change made so far to disk. Blocks.

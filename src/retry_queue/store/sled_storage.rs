@@ -235,7 +235,6 @@ impl Storage for SledStorage {
                 ),
             }
         }
-        loaded.dead = self.dead.len();
         Ok(loaded)
     }
 
@@ -325,6 +324,25 @@ impl Storage for SledStorage {
             .values()
             .map(|value| Ok(value?.to_vec()))
             .collect()
+    }
+
+    fn visit_dead_letters(&self, visit: &mut dyn FnMut(u64, &[u8])) -> Result<(), BoxError> {
+        for entry in self.dead.iter() {
+            let (key, value) = entry?;
+            match key_from(&key) {
+                Some(key) => visit(key, &value),
+                None => tracing::warn!(
+                    key_len = key.len(),
+                    "ignoring dead letter with an invalid key"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_dead_letter(&self, key: u64) -> Result<(), BoxError> {
+        self.dead.remove(key_bytes(key))?;
+        Ok(())
     }
 
     fn clear_dead_letters(&self) -> Result<usize, BoxError> {
