@@ -76,8 +76,8 @@ struct State {
     dead_ids: HashSet<Uuid>,
 }
 
-/// What the index keeps of a dead letter. Both fields are `None` for a record that failed to
-/// decode on open.
+/// The id and enqueue time of a dead letter in the index. Both are `None` for a record that
+/// failed to decode on open.
 #[derive(Clone, Copy, Debug, Default)]
 struct DeadMeta {
     id: Option<Uuid>,
