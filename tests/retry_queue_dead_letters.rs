@@ -1,7 +1,4 @@
-//! Dead letters of `RetryQueue`: their bound, their ids and the event that reports them.
-
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+//! Dead letters of `RetryQueue`: their bound and their ids.
 
 use bytes::Bytes;
 use tower_quota_queue::retry_queue::{
@@ -105,55 +102,4 @@ async fn dead_letter_id_rejected_after_reopen() {
     let queue = RetryQueue::open(config(&dir)).unwrap();
     let error = queue.enqueue(copy).await.unwrap_err();
     assert_eq!(error.kind(), QueueErrorKind::DuplicateId);
-}
-
-/// A `MakeWriter` that appends every log line to one shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn dead_letter_warning_carries_last_error() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let dir = tempfile::tempdir().unwrap();
-    let queue = RetryQueue::open(config(&dir)).unwrap();
-    let id = dead_letter(&queue, item("first"), "replay returned status 503").await;
-
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let line = logs
-        .lines()
-        .find(|line| line.contains("dead-lettered"))
-        .unwrap_or_else(|| panic!("no dead-letter event in {logs:?}"));
-    assert!(line.contains(&format!("request_id={id}")), "{line}");
-    assert!(
-        line.contains(r#"last_error="replay returned status 503""#),
-        "{line}"
-    );
-    assert!(!logs.contains("Dead-Letter-Token-4c1e"), "{logs}");
-    assert!(!logs.contains("Dead-Letter-Body-9a3d"), "{logs}");
 }
