@@ -492,3 +492,28 @@ async fn reopen_right_after_drop_succeeds() {
         assert_eq!(queue.len(), round + 1);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn pending_lists_ready_and_in_flight_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = RetryQueue::open(config(&dir)).unwrap();
+    let first = queue.enqueue(item("first")).await.unwrap();
+    let second = queue.enqueue(item("second")).await.unwrap();
+    let third = queue.enqueue(item("third")).await.unwrap();
+    assert_eq!(take_id(&queue).await, Some(first));
+    assert_eq!(take_id(&queue).await, Some(second));
+    let retry_at = clock::now() + Duration::from_secs(60);
+    queue
+        .nack(second, "HTTP 429", Some(retry_at))
+        .await
+        .unwrap();
+
+    let pending = queue.pending().unwrap();
+    let ids: Vec<Uuid> = pending.iter().map(QueuedRequest::id).collect();
+    assert_eq!(ids, vec![first, third, second]);
+    assert_eq!(pending[2].not_before(), Some(retry_at));
+    assert_eq!(pending[2].attempts(), 1);
+    let stats = queue.stats();
+    assert_eq!(stats.pending, 2);
+    assert_eq!(stats.in_flight, 1);
+}

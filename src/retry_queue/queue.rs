@@ -637,6 +637,67 @@ impl RetryQueue {
         Ok(stale.len() + stale_dead.len())
     }
 
+    /// Returns every ready and in-flight item without taking it, in queue order.
+    ///
+    /// Queue order is the order in which [`take`](Self::take) leases items, so a nacked item comes
+    /// after the items that were ready when it was nacked. Unlike `take_where`, this also lists
+    /// items that wait for their `not_before` and items whose TTL has run out but that were not
+    /// removed yet. Records that fail to decode are skipped with a `debug!` event.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tower_quota_queue::retry_queue::{QueuedRequest, RetryQueue, RetryQueueConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = tempfile::tempdir()?;
+    /// let queue = RetryQueue::open(RetryQueueConfig::new().path(dir.path()))?;
+    /// let request = http::Request::get("http://api.example.com/").body(Bytes::new())?;
+    /// let id = queue.enqueue(QueuedRequest::new(request, "timed out")).await?;
+    ///
+    /// let pending = queue.pending()?;
+    /// assert_eq!(pending.len(), 1);
+    /// assert_eq!(pending[0].id(), id);
+    /// assert_eq!(queue.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::Storage`] when sled fails.
+    pub fn pending(&self) -> Result<Vec<QueuedRequest>, QueueError> {
+        let storage = self.inner.storage.as_ref();
+        // NOTE: the lock is held while every record is read and decoded, so a large queue delays
+        // enqueues and takes for that long.
+        let state = self.lock();
+        let mut keys: Vec<(u64, bool)> = state
+            .ready
+            .keys()
+            .map(|&key| (key, false))
+            .chain(state.in_flight.values().map(|&(key, _)| (key, true)))
+            .collect();
+        keys.sort_unstable();
+        let mut items = Vec::with_capacity(keys.len());
+        for (key, in_flight) in keys {
+            let stored = if in_flight {
+                storage.get_in_flight(key)
+            } else {
+                storage.get_ready(key)
+            };
+            let Some(bytes) = stored.map_err(QueueError::Storage)? else {
+                continue;
+            };
+            match record::decode(&bytes) {
+                Ok(item) => items.push(item),
+                Err(error) => tracing::debug!(key, %error, "skipping undecodable pending item"),
+            }
+        }
+        Ok(items)
+    }
+
     /// Returns every dead letter that can be decoded, oldest first.
     ///
     /// # Errors
