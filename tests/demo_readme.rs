@@ -55,9 +55,7 @@ async fn send_and_replay(
     }
 
     // Later, once the upstream recovers: replay through the same stack below the queue.
-    let mut replay = ServiceBuilder::new()
-        .map_request(|request: Request<Full<Bytes>>| request.map(Body::from))
-        .service(upstream);
+    let mut replay = upstream;
     let report = queue.process_all(&mut replay).await?;
     println!(
         "replayed {}, still queued {}",

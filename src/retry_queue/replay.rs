@@ -88,14 +88,22 @@ impl RetryQueue {
     /// other response, including 4xx, is a success because replaying it again would not change it.
     /// Returns the id of the item replayed successfully, or `None` when no item is ready.
     ///
+    /// The request body is any type that converts from `Full<Bytes>`, so the stack below a
+    /// [`RetryQueueLayer`](super::RetryQueueLayer), which takes
+    /// [`RetryQueueBody`](super::RetryQueueBody), can be passed as it is.
+    ///
     /// # Errors
     ///
     /// [`ReplayError::Failed`] with the service error as its source after a failed replay, and
     /// [`ReplayError::Queue`] when the queue fails.
-    pub async fn process_one<S, B>(&self, service: &mut S) -> Result<Option<Uuid>, ReplayError>
+    pub async fn process_one<S, B, ReqB>(
+        &self,
+        service: &mut S,
+    ) -> Result<Option<Uuid>, ReplayError>
     where
-        S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>>,
+        S: Service<http::Request<ReqB>, Response = http::Response<B>>,
         S::Error: Into<BoxError>,
+        ReqB: From<Full<Bytes>>,
     {
         match self.take().await? {
             Some(item) => self.replay(item, service).await.map(Some),
@@ -111,10 +119,11 @@ impl RetryQueue {
     /// # Errors
     ///
     /// [`QueueError`] when the queue fails. Replay failures are counted, not returned.
-    pub async fn process_all<S, B>(&self, service: &mut S) -> Result<ReplayReport, QueueError>
+    pub async fn process_all<S, B, ReqB>(&self, service: &mut S) -> Result<ReplayReport, QueueError>
     where
-        S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>>,
+        S: Service<http::Request<ReqB>, Response = http::Response<B>>,
         S::Error: Into<BoxError>,
+        ReqB: From<Full<Bytes>>,
     {
         let end = self.next_key();
         let mut report = ReplayReport::default();
@@ -137,14 +146,19 @@ impl RetryQueue {
         }
     }
 
-    async fn replay<S, B>(&self, item: QueuedRequest, service: &mut S) -> Result<Uuid, ReplayError>
+    async fn replay<S, B, ReqB>(
+        &self,
+        item: QueuedRequest,
+        service: &mut S,
+    ) -> Result<Uuid, ReplayError>
     where
-        S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>>,
+        S: Service<http::Request<ReqB>, Response = http::Response<B>>,
         S::Error: Into<BoxError>,
+        ReqB: From<Full<Bytes>>,
     {
         let id = item.id();
         let result = match service.ready().await {
-            Ok(ready) => ready.call(item.into_request()).await,
+            Ok(ready) => ready.call(item.into_request().map(ReqB::from)).await,
             Err(error) => Err(error),
         };
         let (source, not_before): (BoxError, _) = match result {
