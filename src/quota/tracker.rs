@@ -18,16 +18,24 @@ use crate::Partitioner;
 /// The default [`QuotaTrackerBuilder::warning_threshold`].
 const DEFAULT_WARNING_THRESHOLD: f64 = 0.8;
 
-/// The partition key of [`QuotaTracker::update_from_headers`], [`QuotaTracker::status`] and the
-/// other methods without a partition argument.
+/// The partition key of [`QuotaTracker::update_from_headers`] and the other methods without a
+/// partition argument.
 const DEFAULT_PARTITION: &str = "";
+
+/// The number of partitions above which a new partition first evicts idle ones.
+///
+/// A client that calls one host per tenant meets a new authority per tenant, so the map must not
+/// grow with every one of them. An idle partition is one that no request in flight holds and that
+/// blocks nothing; forgetting it loses only its usage figures and warning state.
+const MAX_PARTITIONS: usize = 10_000;
 
 /// A cheap-to-clone handle to quota state shared by every clone and every layer built from it.
 ///
 /// The tracker keeps state per partition (by default the host and port of the request URI, see
 /// [`Partitioner`]) and, within a partition, per dimension such as `requests` or `tokens`. Methods
-/// without a partition argument use the partition with the empty key, which is also where requests
-/// without an authority land.
+/// without a partition argument, except [`status`](Self::status), use the partition with the empty
+/// key, which is also where requests without an authority land. Past 10,000 partitions, a new one
+/// first evicts idle partitions: those that no request in flight holds and that block nothing.
 ///
 /// # Example
 ///
@@ -111,10 +119,22 @@ impl QuotaTracker {
             .partitions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        if partitions.len() >= MAX_PARTITIONS && !partitions.contains_key(key) {
+            evict_idle(&mut partitions);
+        }
         let state = partitions
             .entry(key.to_owned())
             .or_insert_with(|| Arc::new(PartitionState::new(key, self.shared.settings)));
         Arc::clone(state)
+    }
+
+    /// Returns the number of partitions the tracker keeps state for.
+    pub fn partition_count(&self) -> usize {
+        self.shared
+            .partitions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     fn existing(&self, key: &str) -> Option<Arc<PartitionState>> {
@@ -180,12 +200,21 @@ impl QuotaTracker {
         self.shared.settings.warning_threshold
     }
 
-    /// Returns the most used dimension of the default partition.
+    /// Returns the most used dimension across every partition, the tracker's tightest quota.
+    /// [`status_of`](Self::status_of) reports one partition.
     ///
     /// Before any rate-limit header arrived this reports the local count, with no numbers unless a
     /// local limit is set.
     pub fn status(&self) -> QuotaInfo {
-        self.status_of(DEFAULT_PARTITION)
+        let now = clock::now();
+        self.all()
+            .iter()
+            .map(|state| state.info(now))
+            .max_by(|a, b| {
+                let a = a.usage.unwrap_or(-1.0);
+                let b = b.usage.unwrap_or(-1.0);
+                a.total_cmp(&b)
+            })
             .unwrap_or_else(|| self.untouched())
     }
 
@@ -222,6 +251,26 @@ impl QuotaTracker {
     fn untouched(&self) -> QuotaInfo {
         PartitionState::new(DEFAULT_PARTITION, self.shared.settings).info(clock::now())
     }
+}
+
+/// Removes partitions that no request holds and that block nothing, in no particular order,
+/// until 90% of [`MAX_PARTITIONS`] remain, so that evictions are rare.
+fn evict_idle(partitions: &mut HashMap<String, Arc<PartitionState>>) {
+    let now = clock::now();
+    let before = partitions.len();
+    let mut excess = before.saturating_sub(MAX_PARTITIONS / 10 * 9);
+    partitions.retain(|_, state| {
+        if excess == 0 || Arc::strong_count(state) > 1 || state.blocked_until(now).is_some() {
+            return true;
+        }
+        excess -= 1;
+        false
+    });
+    tracing::debug!(
+        evicted = before - partitions.len(),
+        remaining = partitions.len(),
+        "evicted idle quota partitions"
+    );
 }
 
 /// Builds a [`QuotaTracker`] with custom settings.
@@ -300,9 +349,11 @@ impl QuotaTrackerBuilder {
         }
         let local_limit = match self.local_limit {
             None => None,
-            Some((limit, window)) if limit > 0 && !window.is_zero() => {
-                Some(LocalLimit { limit, window })
-            }
+            Some((limit, window)) if limit > 0 && !window.is_zero() => Some(LocalLimit {
+                limit,
+                // A longer window would overflow the time of its end.
+                window: window.min(clock::FAR_FUTURE),
+            }),
             Some((limit, window)) => return Err(ConfigError::LocalLimit { limit, window }),
         };
         let settings = Settings {

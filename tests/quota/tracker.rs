@@ -427,3 +427,62 @@ fn concurrent_updates_keep_lowest_remaining() {
     assert_eq!(status.remaining, Some(100));
     assert_eq!(status.limit, Some(10_000));
 }
+
+#[tokio::test(start_paused = true)]
+async fn local_limit_with_huge_window_blocks() {
+    let tracker = QuotaTracker::builder()
+        .local_limit(1, Duration::MAX)
+        .build()
+        .unwrap();
+
+    tracker.record_request("p");
+    tracker.record_request("p");
+
+    let info = tracker.status_of("p").unwrap();
+    assert_eq!(info.limit, Some(1));
+    assert_eq!(info.remaining, Some(0));
+    assert!(tracker.blocked_until("p").is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_reports_most_used_partition() {
+    let tracker = QuotaTracker::new();
+    tracker.record_response("a.test", StatusCode::OK, &legacy("100", "90", "60"));
+    tracker.record_response("b.test", StatusCode::OK, &legacy("100", "5", "60"));
+    tracker.record_response("c.test", StatusCode::OK, &legacy("100", "50", "60"));
+
+    let status = tracker.status();
+    assert_eq!(status.limit, Some(100));
+    assert_eq!(status.remaining, Some(5));
+    assert_eq!(status.source, QuotaSource::Headers);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_partitions_evicted_past_the_bound() {
+    use tower::{Layer, ServiceExt};
+    use tower_quota_queue::quota::QuotaLayer;
+
+    let tracker = QuotaTracker::new();
+    // One partition that blocks must survive every eviction.
+    let mut exhausted = HeaderMap::new();
+    exhausted.insert(http::header::RETRY_AFTER, "600".parse().unwrap());
+    tracker.record_response("blocked.test", StatusCode::TOO_MANY_REQUESTS, &exhausted);
+
+    let inner = tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    });
+    let service = QuotaLayer::new(tracker.clone()).layer(inner);
+    // A client that calls one host per tenant, such as a webhook sender, meets many authorities.
+    for tenant in 0..12_000 {
+        let request = http::Request::get(format!("http://tenant-{tenant}.example.test/hook"))
+            .body(())
+            .unwrap();
+        service.clone().oneshot(request).await.unwrap();
+    }
+
+    let count = tracker.partition_count();
+    assert!(count <= 10_000, "{count} partitions kept");
+    assert!(count >= 9_000, "{count} partitions kept");
+    assert!(tracker.blocked_until("blocked.test").is_some());
+    assert!(tracker.status_of("tenant-11999.example.test").is_some());
+}
