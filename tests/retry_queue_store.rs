@@ -400,7 +400,6 @@ fn config_defaults_and_file_fields() {
         defaults.durability,
         tower_quota_queue::retry_queue::Durability::Flush
     );
-    assert!(defaults.path.ends_with("retry-queue"));
     assert!(defaults.persist_sensitive_headers.is_empty());
 
     let parsed: RetryQueueConfig = serde_json::from_str(
@@ -516,4 +515,16 @@ async fn pending_lists_ready_and_in_flight_in_order() {
     let stats = queue.stats();
     assert_eq!(stats.pending, 2);
     assert_eq!(stats.in_flight, 1);
+}
+
+#[test]
+fn default_path_includes_program_name() {
+    let program = std::env::current_exe().unwrap();
+    let program = program.file_stem().unwrap();
+    let expected = dirs::data_dir()
+        .unwrap()
+        .join("tower-quota-queue")
+        .join(program)
+        .join("retry-queue");
+    assert_eq!(RetryQueueConfig::default().path, expected);
 }

@@ -85,9 +85,14 @@ pub enum Durability {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RetryQueueConfig {
-    /// The queue directory. Default: `tower-quota-queue/retry-queue` under the platform's data
-    /// directory (`dirs::data_dir`), or `retry-queue` in the working directory when the platform
-    /// has none.
+    /// The queue directory. Default: `tower-quota-queue/<program>/retry-queue` under the
+    /// platform's data directory (`dirs::data_dir`), where `<program>` is the file stem of the
+    /// running executable, or `retry-queue` in the working directory when either is unknown.
+    ///
+    /// Queued requests are replayed with the credentials of the program that opens the queue, so
+    /// two programs must not share a directory. The program name in the default keeps them apart,
+    /// but two copies of one executable, or programs with the same file name, still share it:
+    /// give each its own `path`.
     pub path: PathBuf,
     /// The maximum number of items, ready plus in flight. Default: 10,000. Zero is invalid.
     pub max_size: usize,
@@ -138,9 +143,15 @@ impl Default for RetryQueueConfig {
 }
 
 fn default_path() -> PathBuf {
-    match dirs::data_dir() {
-        Some(data) => data.join("tower-quota-queue").join("retry-queue"),
-        None => PathBuf::from("retry-queue"),
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_stem().map(ToOwned::to_owned));
+    match (dirs::data_dir(), program) {
+        (Some(data), Some(program)) => data
+            .join("tower-quota-queue")
+            .join(program)
+            .join("retry-queue"),
+        _ => PathBuf::from("retry-queue"),
     }
 }
 
@@ -150,8 +161,8 @@ impl RetryQueueConfig {
         Self::default()
     }
 
-    /// Sets the queue directory. Default: `tower-quota-queue/retry-queue` under the platform's
-    /// data directory.
+    /// Sets the queue directory. Default: `tower-quota-queue/<program>/retry-queue` under the
+    /// platform's data directory, where `<program>` is the file stem of the running executable.
     #[must_use]
     pub fn path(mut self, path: impl AsRef<Path>) -> Self {
         self.path = path.as_ref().to_path_buf();
