@@ -679,3 +679,60 @@ async fn tracker_partitioner_keys_stored_requests() {
     assert_eq!(calls.len(), 1);
     assert!(calls[0].at - start >= 45 * SECOND);
 }
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_replays_stay_within_remaining_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir, 5);
+    let tracker = QuotaTracker::new();
+    // The upstream allows 10 requests per 60 s window and answers 429 beyond that.
+    let window = Arc::new(Mutex::new((Instant::now(), 0u64)));
+    let rejected = Arc::new(Mutex::new(0usize));
+    let calls = Calls::default();
+    let inner = upstream(&calls, {
+        let window = Arc::clone(&window);
+        let rejected = Arc::clone(&rejected);
+        Box::new(move |_, _| {
+            let mut window = window.lock().unwrap();
+            if window.0.elapsed() >= 60 * SECOND {
+                *window = (Instant::now(), 0);
+            }
+            let reset = (60 * SECOND).saturating_sub(window.0.elapsed()).as_secs() + 1;
+            let mut response = if window.1 >= 10 {
+                *rejected.lock().unwrap() += 1;
+                status(StatusCode::TOO_MANY_REQUESTS)
+            } else {
+                window.1 += 1;
+                status(StatusCode::OK)
+            };
+            let headers = response.headers_mut();
+            headers.insert("x-ratelimit-limit", "10".parse().unwrap());
+            let remaining = 10 - window.1;
+            headers.insert("x-ratelimit-remaining", remaining.into());
+            headers.insert("x-ratelimit-reset", reset.into());
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                response
+            })
+        })
+    });
+    let service = ServiceBuilder::new()
+        .layer(QuotaLayer::new(tracker.clone()))
+        .service(inner);
+    for _ in 0..20 {
+        queue.enqueue(item("api.test")).await.unwrap();
+    }
+
+    let worker = queue
+        .replay_worker(service)
+        .concurrency(8)
+        .quota_tracker(tracker)
+        .spawn();
+    wait_until(Duration::from_secs(600), || queue.is_empty()).await;
+    let report = worker.shutdown().await;
+
+    assert_eq!(*rejected.lock().unwrap(), 0);
+    assert_eq!(report.succeeded, 20);
+    assert_eq!(report.failed, 0);
+    assert_eq!(calls.len(), 20);
+}

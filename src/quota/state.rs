@@ -202,6 +202,22 @@ impl PartitionState {
         }
     }
 
+    /// Returns the fewest requests left in any dimension that counts requests, or `None` when no
+    /// such dimension has a known remaining count. Dimensions named after tokens count tokens, so
+    /// they are left out; the local count is used while no header has arrived.
+    pub(crate) fn remaining_requests(&self, now: SystemTime) -> Option<u64> {
+        let inner = self.lock();
+        if inner.dimensions.is_empty() {
+            return inner.local_info(self.settings.local_limit, now).remaining;
+        }
+        inner
+            .dimensions
+            .iter()
+            .filter(|dimension| !dimension.name.contains("token"))
+            .filter_map(|dimension| dimension.info(now, None).remaining)
+            .min()
+    }
+
     /// Forgets everything this partition has seen and counted.
     pub(crate) fn reset(&self) {
         let mut inner = self.lock();

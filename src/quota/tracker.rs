@@ -241,6 +241,33 @@ impl QuotaTracker {
         self.existing(partition)?.blocked_until(clock::now())
     }
 
+    /// Returns how many more requests `partition` may receive in its current windows, as far as
+    /// the tracker knows: the fewest remaining of the dimensions that count requests (those whose
+    /// name does not contain `token`), or the local count while no header has arrived. `None` when
+    /// no such count is known.
+    ///
+    /// The replay worker uses this to send no more replays at once than a partition has left.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::{HeaderMap, StatusCode};
+    /// use tower_quota_queue::quota::QuotaTracker;
+    ///
+    /// let tracker = QuotaTracker::new();
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("x-ratelimit-limit-requests", "60".parse().unwrap());
+    /// headers.insert("x-ratelimit-remaining-requests", "3".parse().unwrap());
+    /// headers.insert("x-ratelimit-limit-tokens", "1000".parse().unwrap());
+    /// headers.insert("x-ratelimit-remaining-tokens", "1".parse().unwrap());
+    /// tracker.record_response("api.openai.com", StatusCode::OK, &headers);
+    /// assert_eq!(tracker.remaining_requests("api.openai.com"), Some(3));
+    /// assert_eq!(tracker.remaining_requests("unknown.test"), None);
+    /// ```
+    pub fn remaining_requests(&self, partition: &str) -> Option<u64> {
+        self.existing(partition)?.remaining_requests(clock::now())
+    }
+
     /// Forgets the state of every partition, including local counts, warnings and deadlines.
     pub fn reset(&self) {
         for state in self.all() {

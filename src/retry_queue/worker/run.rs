@@ -65,6 +65,33 @@ struct Lease {
 struct Running {
     tasks: JoinSet<Outcome>,
     leases: HashMap<Id, Lease>,
+    /// The number of running replays per partition key of the quota tracker.
+    per_partition: HashMap<String, usize>,
+}
+
+impl Running {
+    fn insert(&mut self, task: Id, lease: Lease) {
+        *self
+            .per_partition
+            .entry(lease.partition.clone())
+            .or_default() += 1;
+        self.leases.insert(task, lease);
+    }
+
+    fn remove(&mut self, task: Id) -> Option<Lease> {
+        let lease = self.leases.remove(&task)?;
+        if let Some(count) = self.per_partition.get_mut(&lease.partition) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_partition.remove(&lease.partition);
+            }
+        }
+        Some(lease)
+    }
+
+    fn in_partition(&self, partition: &str) -> usize {
+        self.per_partition.get(partition).copied().unwrap_or(0)
+    }
 }
 
 impl<C: RetryClassifier> Worker<C> {
@@ -89,6 +116,7 @@ impl<C: RetryClassifier> Worker<C> {
         let mut running = Running {
             tasks: JoinSet::new(),
             leases: HashMap::new(),
+            per_partition: HashMap::new(),
         };
         while !*stop.borrow_and_update() {
             let wake_at = self.start_ready(&service, &mut running, &mut report);
@@ -129,13 +157,13 @@ impl<C: RetryClassifier> Worker<C> {
             let now = clock::now();
             let mut blocked_until: Option<SystemTime> = None;
             let leased = self.queue.take_before(u64::MAX, |item| {
-                match self.partition_blocked_until(item, now) {
-                    Some(deadline) => {
-                        blocked_until = Some(blocked_until.map_or(deadline, |d| d.min(deadline)));
-                        false
-                    }
-                    None => true,
+                let partition = self.partition_of(item);
+                if let Some(deadline) = self.partition_blocked_until(&partition, now) {
+                    blocked_until = Some(blocked_until.map_or(deadline, |d| d.min(deadline)));
+                    return false;
                 }
+                // A completing replay wakes the worker, so an item skipped here is looked at again.
+                !self.partition_saturated(&partition, running.in_partition(&partition))
             });
             match leased {
                 Ok((item, expired)) => {
@@ -157,14 +185,28 @@ impl<C: RetryClassifier> Worker<C> {
 
     /// Returns the deadline of the item's partition when the quota tracker reports it exhausted
     /// or a quota-enforcing replay service rejected a request to it.
-    fn partition_blocked_until(&self, item: &QueuedRequest, now: SystemTime) -> Option<SystemTime> {
-        let partition = self.partition_of(item);
-        let deferred = self.deferred_until(&partition, now);
+    fn partition_blocked_until(&self, partition: &str, now: SystemTime) -> Option<SystemTime> {
+        let deferred = self.deferred_until(partition, now);
         let tracked = self
             .tracker
             .as_ref()
-            .and_then(|tracker| tracker.blocked_until(&partition));
+            .and_then(|tracker| tracker.blocked_until(partition));
         latest(deferred, tracked).filter(|deadline| *deadline > now)
+    }
+
+    /// Returns whether the partition already has as many replays running as the tracker says it
+    /// has requests left. One replay may always run, so a count that never resets cannot stall
+    /// the partition.
+    fn partition_saturated(&self, partition: &str, running: usize) -> bool {
+        if running == 0 {
+            return false;
+        }
+        let Some(tracker) = &self.tracker else {
+            return false;
+        };
+        tracker
+            .remaining_requests(partition)
+            .is_some_and(|remaining| u64::try_from(running).map_or(true, |n| n >= remaining))
     }
 
     /// Returns the key under which the quota tracker knows the item's partition.
@@ -209,7 +251,7 @@ impl<C: RetryClassifier> Worker<C> {
             classifier,
             item.into_request().map(ReqB::from),
         ));
-        running.leases.insert(task.id(), lease);
+        running.insert(task.id(), lease);
     }
 
     /// Acks or nacks the item of a finished replay task.
@@ -230,7 +272,7 @@ impl<C: RetryClassifier> Worker<C> {
                 (error.id(), failed)
             }
         };
-        let Some(lease) = running.leases.remove(&task) else {
+        let Some(lease) = running.remove(task) else {
             return;
         };
         match outcome {
