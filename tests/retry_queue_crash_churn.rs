@@ -24,7 +24,7 @@ const MODE_ENV: &str = "RETRY_QUEUE_CRASH_CHILD_MODE";
 const PRODUCERS: usize = 4;
 const CONSUMERS: usize = 4;
 const EVICT_MAX_SIZE: usize = 50;
-const LEASED: usize = 3_000;
+const LEASED: usize = 1_000;
 
 fn config(dir: &std::path::Path, mode: &str) -> RetryQueueConfig {
     let config = RetryQueueConfig::new().path(dir).max_attempts(3);
@@ -192,7 +192,7 @@ fn raw_trees(dir: &std::path::Path) -> HashMap<Uuid, Vec<&'static str>> {
 async fn sigkill_during_churn_keeps_ids_once() {
     for round in 0..2 {
         let dir = tempfile::tempdir().unwrap();
-        let kill_after = fastrand::usize(200..1_500);
+        let kill_after = fastrand::usize(100..800);
         let printed = run_and_kill(dir.path(), "churn", kill_after);
 
         let raw = raw_trees(dir.path());
@@ -247,7 +247,7 @@ async fn sigkill_during_churn_keeps_ids_once() {
 async fn sigkill_during_eviction_keeps_newest() {
     for round in 0..2 {
         let dir = tempfile::tempdir().unwrap();
-        let kill_after = fastrand::usize(200..1_500);
+        let kill_after = fastrand::usize(100..800);
         let printed = run_and_kill(dir.path(), "evict", kill_after);
 
         let queue = RetryQueue::open(config(dir.path(), "evict")).unwrap();
