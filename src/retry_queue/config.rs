@@ -94,7 +94,8 @@ pub struct RetryQueueConfig {
     /// but two copies of one executable, or programs with the same file name, still share it:
     /// give each its own `path`.
     pub path: PathBuf,
-    /// The maximum number of items, ready plus in flight. Default: 10,000. Zero is invalid.
+    /// The maximum number of items, ready plus in flight. Default: 10,000. Zero is invalid. The
+    /// number of dead letters has the same bound, counted separately.
     pub max_size: usize,
     /// How long an item stays replayable, measured from its persisted enqueue time. Default: 24 h.
     #[serde(with = "humantime_serde")]

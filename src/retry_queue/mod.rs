@@ -103,6 +103,15 @@
 //! as varints and no field names, so a record is little more than the request itself, and the
 //! version byte lets a later release read or dead-letter old records instead of misreading them.
 //! A record that fails to decode moves to the dead letters with a `warn!` event.
+//!
+//! # Dead letters
+//!
+//! An item moves to the dead letters after `max_attempts` failed replays, or when its record
+//! fails to decode. Dead letters keep their id, so enqueueing that id again fails with
+//! [`QueueError::DuplicateId`]. They do not count toward `max_size`, but the store keeps at most
+//! `max_size` of them and deletes the oldest beyond that with a `warn!` event.
+//! [`RetryQueue::purge_stale`] deletes those whose `item_ttl` has run out, and
+//! [`RetryQueue::clear_dead_letters`] deletes all of them.
 
 mod body;
 mod classify;
