@@ -157,3 +157,29 @@ async fn demo_ignored_idempotency_key_duplicates() {
     assert_eq!(summary.server.ok, 42, "{summary}");
     assert!(summary.failed(), "{summary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_zero_replay_timeout_keeps_queue() {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let mut config = small_config(Dialect::Openai, dir.path());
+    config.replay_timeout = Duration::ZERO;
+
+    let summary = run_config(config).await;
+
+    // The worker stops at once, so at most a replay it had already started completes. Every other
+    // queued request, including those waiting for Retry-After, is still queued and not lost.
+    assert_eq!(summary.first.queued, 12, "{summary}");
+    assert_eq!(
+        summary.replay.replayed + summary.delivery.still_queued,
+        12,
+        "{summary}"
+    );
+    assert_eq!(summary.delivery.dead_lettered, 0, "{summary}");
+    assert_eq!(summary.delivery.lost, Vec::<String>::new(), "{summary}");
+    assert_eq!(
+        summary.delivery.duplicated,
+        Vec::<String>::new(),
+        "{summary}"
+    );
+    assert!(!summary.failed(), "{summary}");
+}

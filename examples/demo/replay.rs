@@ -115,27 +115,15 @@ pub(crate) struct StoredIds {
     pub(crate) pending: HashSet<String>,
     /// Ids of items that ran out of attempts.
     pub(crate) dead_letters: HashSet<String>,
-    /// Number of pending items that could not be listed.
-    pub(crate) unlisted: usize,
 }
 
-/// Lists the request ids still stored in the queue, pending and dead letters apart.
-///
-/// `take_where` skips items whose `Retry-After` has not passed, so those count as unlisted.
-pub(crate) async fn stored_request_ids(queue: &RetryQueue) -> Result<StoredIds, BoxError> {
-    let mut stored = StoredIds::default();
-    let mut visited = 0;
-    // A predicate that rejects every item visits each ready item and leases none.
-    queue
-        .take_where(|item| {
-            visited += 1;
-            stored.pending.extend(request_id_of(item));
-            false
-        })
-        .await?;
-    for item in queue.dead_letters()? {
-        stored.dead_letters.extend(request_id_of(&item));
-    }
-    stored.unlisted = queue.len().saturating_sub(visited);
-    Ok(stored)
+/// Lists the request ids still stored in the queue, pending and dead letters apart. Items that
+/// wait for their `Retry-After` count as pending, and no item is taken.
+pub(crate) fn stored_request_ids(queue: &RetryQueue) -> Result<StoredIds, BoxError> {
+    let pending = queue.pending()?;
+    let dead_letters = queue.dead_letters()?;
+    Ok(StoredIds {
+        pending: pending.iter().filter_map(request_id_of).collect(),
+        dead_letters: dead_letters.iter().filter_map(request_id_of).collect(),
+    })
 }

@@ -73,7 +73,7 @@ pub(crate) async fn run(
     )
     .await?;
 
-    let stored = inspect_queue(queue).await?;
+    let stored = inspect_queue(queue)?;
 
     let delivery = Delivery::check(&sent, &server.completed(), &stored);
     Ok(Summary {
@@ -93,15 +93,8 @@ pub(crate) async fn run(
 
 /// Returns the request ids still stored in the queue, then closes the queue so that sled writes
 /// everything to its files.
-async fn inspect_queue(queue: RetryQueue) -> Result<StoredIds, BoxError> {
-    let stored = replay::stored_request_ids(&queue).await?;
-    if stored.unlisted > 0 {
-        tracing::warn!(
-            unlisted = stored.unlisted,
-            "queued items still waiting for Retry-After could not be listed and count as lost"
-        );
-    }
-    Ok(stored)
+fn inspect_queue(queue: RetryQueue) -> Result<StoredIds, BoxError> {
+    replay::stored_request_ids(&queue)
 }
 
 fn log_first_attempts(outcomes: &[FirstAttempt], pending: usize) {

@@ -162,7 +162,7 @@ impl Summary {
         }
         row(f, "failed, not queued", first.not_queued)?;
         let replayed = format!(
-            "{} ({} replays failed and were requeued)",
+            "{} ({} replays failed and were requeued or dead-lettered)",
             self.replay.replayed, self.replay.failed_attempts
         );
         row(f, "replayed", replayed)?;
@@ -268,7 +268,6 @@ mod tests {
         let stored = StoredIds {
             pending: HashSet::from(["c".to_owned(), "e".to_owned(), "g".to_owned()]),
             dead_letters: HashSet::from(["f".to_owned()]),
-            unlisted: 0,
         };
         let sent: Vec<String> = ["a", "b", "c", "d", "e", "f", "g"]
             .map(String::from)
