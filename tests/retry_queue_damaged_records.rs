@@ -3,10 +3,11 @@
 
 use bytes::Bytes;
 use serde::Serialize;
-use tower_quota_queue::retry_queue::{
-    QueueError, QueueErrorKind, QueuedRequest, RetryQueue, RetryQueueConfig,
-};
+use tower_quota_queue::retry_queue::{QueuedRequest, RetryQueue, RetryQueueConfig};
 use uuid::Uuid;
+
+#[path = "support/reopen.rs"]
+mod reopen;
 
 fn config(dir: &tempfile::TempDir) -> RetryQueueConfig {
     RetryQueueConfig::new().path(dir.path().join("queue"))
@@ -61,32 +62,15 @@ impl Record<'_> {
 
 /// Writes `value` under `key` into the tree `tree` of the queue database in `dir`.
 fn write_raw(dir: &tempfile::TempDir, tree: &str, key: &[u8], value: &[u8]) {
-    let db = sled::open(dir.path().join("queue")).unwrap();
+    let db = reopen::open_raw(&dir.path().join("queue"));
     db.open_tree(tree).unwrap().insert(key, value).unwrap();
     db.flush().unwrap();
-}
-
-/// Opens the queue, retrying for up to 2 s while the lock of a database that `write_raw` just
-/// dropped is still held: sled 0.34 releases it from a background thread.
-fn open(config: RetryQueueConfig) -> Result<RetryQueue, QueueError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        match RetryQueue::open(config.clone()) {
-            Err(error)
-                if error.kind() == QueueErrorKind::AlreadyOpen
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            result => return result,
-        }
-    }
 }
 
 /// Opens the queue on a background thread, so a panic inside `open` fails one assert.
 fn open_in_thread(dir: &tempfile::TempDir) -> std::thread::Result<usize> {
     let config = config(dir);
-    std::thread::spawn(move || open(config).map(|queue| queue.len()))
+    std::thread::spawn(move || reopen::open_queue(config).map(|queue| queue.len()))
         .join()
         .map(|opened| opened.unwrap())
 }
@@ -141,13 +125,13 @@ fn record_with_too_many_headers_dead_lettered() {
 async fn invalid_key_does_not_reuse_live_key() {
     let dir = tempfile::tempdir().unwrap();
     let first = {
-        let queue = RetryQueue::open(config(&dir)).unwrap();
+        let queue = reopen::open_queue(config(&dir)).unwrap();
         queue.enqueue(item("first")).await.unwrap()
     };
     // A 9-byte key sorts after every 8-byte big-endian key, so it is the tree's last entry.
     write_raw(&dir, "ready", &[0xff; 9], b"garbage");
 
-    let queue = open(config(&dir)).unwrap();
+    let queue = reopen::open_queue(config(&dir)).unwrap();
     let second = queue.enqueue(item("second")).await.unwrap();
     assert_eq!(queue.len(), 2);
 
@@ -166,7 +150,7 @@ async fn record_at_max_key_survives_enqueue() {
     let forged = Uuid::from_bytes(record.id);
     write_raw(&dir, "ready", &u64::MAX.to_be_bytes(), &record.encode());
 
-    let queue = open(config(&dir)).unwrap();
+    let queue = reopen::open_queue(config(&dir)).unwrap();
     assert_eq!(queue.len(), 1);
     let enqueued = tokio::spawn({
         let queue = queue.clone();
@@ -214,7 +198,7 @@ fn malformed_records_dead_lettered_on_open() {
     let opened = open_in_thread(&dir);
     assert!(opened.is_ok(), "open panicked on malformed records");
     assert_eq!(opened.unwrap(), 0);
-    let queue = open(config(&dir)).unwrap();
+    let queue = reopen::open_queue(config(&dir)).unwrap();
     assert_eq!(queue.stats().dead, 6);
     assert_eq!(queue.dead_letters().unwrap().len(), 0);
 }
@@ -223,7 +207,7 @@ fn malformed_records_dead_lettered_on_open() {
 async fn purge_stale_removes_expired_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
     let ttl = std::time::Duration::from_secs(60);
-    let queue = RetryQueue::open(config(&dir).max_attempts(1).item_ttl(ttl)).unwrap();
+    let queue = reopen::open_queue(config(&dir).max_attempts(1).item_ttl(ttl)).unwrap();
     for n in 0..20 {
         let id = queue.enqueue(item(&format!("r{n}"))).await.unwrap();
         queue.take().await.unwrap().unwrap();

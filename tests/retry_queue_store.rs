@@ -9,6 +9,9 @@ use tower_quota_queue::retry_queue::{
 };
 use uuid::Uuid;
 
+#[path = "support/reopen.rs"]
+mod reopen;
+
 fn config(dir: &tempfile::TempDir) -> RetryQueueConfig {
     RetryQueueConfig::new().path(dir.path().join("queue"))
 }
@@ -328,7 +331,7 @@ async fn undecodable_record_moves_to_dead_letters() {
     };
     {
         // Write records that a corrupt disk or a later format version could leave behind.
-        let db = sled::open(dir.path().join("queue")).unwrap();
+        let db = reopen::open_raw(&dir.path().join("queue"));
         let ready = db.open_tree("ready").unwrap();
         ready
             .insert(1_000u64.to_be_bytes(), &b"\x01garbage"[..])
@@ -338,7 +341,7 @@ async fn undecodable_record_moves_to_dead_letters() {
             .unwrap();
         db.flush().unwrap();
     }
-    let queue = RetryQueue::open(config(&dir)).unwrap();
+    let queue = reopen::open_queue(config(&dir)).unwrap();
     assert_eq!(queue.stats().dead, 2);
     assert_eq!(queue.len(), 1);
     assert_eq!(take_id(&queue).await, Some(good));
