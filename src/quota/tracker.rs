@@ -241,8 +241,8 @@ impl QuotaTracker {
         self.existing(partition)?.blocked_until(clock::now())
     }
 
-    /// Returns how many more requests `partition` may receive in its current windows, as far as
-    /// the tracker knows: the fewest remaining of the dimensions that count requests (those whose
+    /// Returns how many more requests `partition` may receive in its current windows, by the
+    /// tracker's latest figures: the fewest remaining of the dimensions that count requests (those whose
     /// name does not contain `token`), or the local count while no header has arrived. `None` when
     /// no such count is known.
     ///
