@@ -95,13 +95,25 @@
 //!
 //! ```
 //! use axum::error_handling::HandleErrorLayer;
-//! use axum::http::StatusCode;
+//! use axum::http::{header, StatusCode};
+//! use axum::response::{IntoResponse, Response};
 //! use axum::routing::get;
 //! use axum::Router;
 //! use http::{HeaderMap, Uri};
 //! use tower::ServiceBuilder;
 //! use tower_quota_queue::quota::{Enforcement, QuotaExhausted, QuotaLayer, QuotaTracker};
-//! use tower_quota_queue::BoxError;
+//! use tower_quota_queue::{clock, BoxError};
+//!
+//! /// Answers a request that the quota holds back with 429 and the seconds until the deadline.
+//! async fn quota_error(error: BoxError) -> Response {
+//!     let Some(exhausted) = error.downcast_ref::<QuotaExhausted>() else {
+//!         return StatusCode::BAD_GATEWAY.into_response();
+//!     };
+//!     let wait = exhausted.deadline().duration_since(clock::now()).unwrap_or_default();
+//!     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+//!     let retry_after = [(header::RETRY_AFTER, seconds.to_string())];
+//!     (StatusCode::TOO_MANY_REQUESTS, retry_after).into_response()
+//! }
 //!
 //! let tracker = QuotaTracker::builder()
 //!     .partitioner(|_: &Uri, headers: &HeaderMap| {
@@ -112,13 +124,7 @@
 //!     .unwrap();
 //! let app: Router = Router::new().route("/proxy", get(|| async { "ok" })).layer(
 //!     ServiceBuilder::new()
-//!         .layer(HandleErrorLayer::new(|error: BoxError| async move {
-//!             if error.is::<QuotaExhausted>() {
-//!                 StatusCode::TOO_MANY_REQUESTS
-//!             } else {
-//!                 StatusCode::BAD_GATEWAY
-//!             }
-//!         }))
+//!         .layer(HandleErrorLayer::new(quota_error))
 //!         .layer(QuotaLayer::new(tracker).enforce(Enforcement::FailFast)),
 //! );
 //! # let _ = app;
@@ -137,8 +143,10 @@
 //!
 //! # Memory
 //!
-//! The tracker keeps every partition it has seen, and at most 64 dimensions per partition, until
-//! it is dropped. [`QuotaTracker::reset`] clears their state but keeps the keys.
+//! The tracker keeps at most 64 dimensions per partition. Past 10,000 partitions, a new partition
+//! first evicts idle ones, those that no request in flight holds and that block nothing, so a
+//! client that meets a new host per tenant does not grow without bound. [`QuotaTracker::reset`]
+//! clears the state of every partition but keeps the keys.
 
 mod error;
 pub mod future;
