@@ -210,8 +210,10 @@ impl RetryQueue {
     /// # Errors
     ///
     /// [`QueueError::Full`], [`QueueError::DuplicateId`] when an item with this id is queued, in
-    /// flight or a dead letter, [`QueueError::Storage`], and [`QueueError::Flush`] when the flush failed. After a
-    /// flush error the item is in the queue but may be lost in a crash.
+    /// flight or a dead letter, [`QueueError::Storage`], and [`QueueError::Flush`] when the flush
+    /// failed. After a flush error the item is removed again, so a caller told that its request
+    /// was not queued does not also get a replay of it, unless a replay leased the item while the
+    /// flush ran.
     pub async fn enqueue(&self, mut item: QueuedRequest) -> Result<Uuid, QueueError> {
         let id = item.id;
         let dropped = strip_secrets(&mut item.headers, &self.inner.persisted_secrets);
@@ -225,10 +227,31 @@ impl RetryQueue {
         let bytes = record::encode(&item).map_err(QueueError::storage)?;
         self.insert(ItemMeta::of(&item), &bytes)?;
         if let Some(flusher) = &self.inner.flusher {
-            flusher.flush().await?;
+            if let Err(error) = flusher.flush().await {
+                self.remove_unflushed(id);
+                return Err(error);
+            }
         }
         self.wake_waiters();
         Ok(id)
+    }
+
+    /// Removes a ready item whose enqueue failed to flush. An item already leased stays, because a
+    /// replay of it is running.
+    fn remove_unflushed(&self, id: Uuid) {
+        let mut state = self.lock();
+        let Some(&key) = state.ready_ids.get(&id) else {
+            return;
+        };
+        match self.inner.storage.remove_ready(key) {
+            Ok(()) => {
+                state.remove_ready(key);
+                tracing::warn!(request_id = %id, "flush failed, removed the item again");
+            }
+            Err(error) => {
+                tracing::warn!(request_id = %id, %error, "flush failed and removing the item failed");
+            }
+        }
     }
 
     fn insert(&self, meta: ItemMeta, bytes: &[u8]) -> Result<(), QueueError> {
@@ -449,65 +472,89 @@ mod tests {
     use crate::BoxError;
 
     /// A sled store whose in-flight records read back as garbage, like a record damaged on disk
-    /// after it was leased.
+    /// after it was leased, or whose flushes fail, like a full disk.
     #[derive(Debug)]
-    struct GarbledInFlight(SledStorage);
+    struct Faulty {
+        sled: SledStorage,
+        garble_in_flight: bool,
+        fail_flush: bool,
+    }
 
-    impl Storage for GarbledInFlight {
+    impl Storage for Faulty {
         fn load(&self, visit: &mut dyn FnMut(u64, &[u8])) -> Result<Loaded, BoxError> {
-            self.0.load(visit)
+            self.sled.load(visit)
         }
         fn insert_ready(&self, key: u64, record: &[u8]) -> Result<(), BoxError> {
-            self.0.insert_ready(key, record)
+            self.sled.insert_ready(key, record)
         }
         fn remove_ready(&self, key: u64) -> Result<(), BoxError> {
-            self.0.remove_ready(key)
+            self.sled.remove_ready(key)
         }
         fn get_ready(&self, key: u64) -> Result<Option<Vec<u8>>, BoxError> {
-            self.0.get_ready(key)
+            self.sled.get_ready(key)
         }
         fn lease(&self, key: u64) -> Result<Option<Vec<u8>>, BoxError> {
-            self.0.lease(key)
+            self.sled.lease(key)
         }
         fn get_in_flight(&self, key: u64) -> Result<Option<Vec<u8>>, BoxError> {
-            Ok(self.0.get_in_flight(key)?.map(|_| b"\x01garbage".to_vec()))
+            let record = self.sled.get_in_flight(key)?;
+            if self.garble_in_flight {
+                return Ok(record.map(|_| b"\x01garbage".to_vec()));
+            }
+            Ok(record)
         }
         fn remove_in_flight(&self, key: u64) -> Result<(), BoxError> {
-            self.0.remove_in_flight(key)
+            self.sled.remove_in_flight(key)
         }
         fn release(&self, key: u64) -> Result<(), BoxError> {
-            self.0.release(key)
+            self.sled.release(key)
         }
         fn requeue(&self, old_key: u64, new_key: u64, record: &[u8]) -> Result<(), BoxError> {
-            self.0.requeue(old_key, new_key, record)
+            self.sled.requeue(old_key, new_key, record)
         }
         fn dead_letter_in_flight(&self, key: u64, record: &[u8]) -> Result<(), BoxError> {
-            self.0.dead_letter_in_flight(key, record)
+            self.sled.dead_letter_in_flight(key, record)
         }
         fn dead_letter_ready(&self, key: u64) -> Result<(), BoxError> {
-            self.0.dead_letter_ready(key)
+            self.sled.dead_letter_ready(key)
         }
         fn dead_letters(&self) -> Result<Vec<Vec<u8>>, BoxError> {
-            self.0.dead_letters()
+            self.sled.dead_letters()
         }
         fn visit_dead_letters(&self, visit: &mut dyn FnMut(u64, &[u8])) -> Result<(), BoxError> {
-            self.0.visit_dead_letters(visit)
+            self.sled.visit_dead_letters(visit)
         }
         fn remove_dead_letter(&self, key: u64) -> Result<(), BoxError> {
-            self.0.remove_dead_letter(key)
+            self.sled.remove_dead_letter(key)
         }
         fn clear_dead_letters(&self) -> Result<usize, BoxError> {
-            self.0.clear_dead_letters()
+            self.sled.clear_dead_letters()
         }
         fn flush(&self) -> Result<(), BoxError> {
-            self.0.flush()
+            if self.fail_flush {
+                return Err("no space left on device".into());
+            }
+            self.sled.flush()
         }
     }
 
-    fn garbled_queue(dir: &tempfile::TempDir) -> RetryQueue {
+    fn faulty_queue(
+        dir: &tempfile::TempDir,
+        garble_in_flight: bool,
+        fail_flush: bool,
+    ) -> RetryQueue {
         let config = RetryQueueConfig::new().path(dir.path());
-        let storage = SledStorage::open(&config.path, config.cache_capacity).unwrap();
-        RetryQueue::with_storage(config, Vec::new(), Arc::new(GarbledInFlight(storage))).unwrap()
+        let sled = SledStorage::open(&config.path, config.cache_capacity).unwrap();
+        let storage = Faulty {
+            sled,
+            garble_in_flight,
+            fail_flush,
+        };
+        RetryQueue::with_storage(config, Vec::new(), Arc::new(storage)).unwrap()
+    }
+
+    fn garbled_queue(dir: &tempfile::TempDir) -> RetryQueue {
+        faulty_queue(dir, true, false)
     }
 
     fn item() -> QueuedRequest {
@@ -549,5 +596,18 @@ mod tests {
         assert_eq!(outcome, NackOutcome::DeadLettered);
         assert_eq!(queue.stats().dead, 1);
         assert_eq!(queue.stats().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn failed_flush_removes_the_item() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = faulty_queue(&dir, false, true);
+
+        let error = queue.enqueue(item()).await.unwrap_err();
+
+        assert_eq!(error.kind(), crate::retry_queue::QueueErrorKind::Flush);
+        assert!(queue.is_empty());
+        assert_eq!(queue.take().await.unwrap().map(|item| item.id()), None);
+        assert!(queue.pending().unwrap().is_empty());
     }
 }
