@@ -631,7 +631,7 @@ async fn enforcing_service_defers_without_attempts() {
         .service(inner);
     let id = queue.enqueue(item("api.test")).await.unwrap();
 
-    // The worker has no tracker: only the enforcing layer knows the partition is exhausted.
+    // The worker has no tracker: only the enforcing layer has the partition marked exhausted.
     let worker = queue.replay_worker(service).spawn();
     wait_until(Duration::from_secs(120), || queue.is_empty()).await;
     let report = worker.shutdown().await;
@@ -685,7 +685,7 @@ async fn concurrent_replays_stay_within_remaining_requests() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open(&dir, 5);
     let tracker = QuotaTracker::new();
-    // The upstream allows 10 requests per 60 s window and answers 429 beyond that.
+    // The upstream allows 10 requests per 60 s window and returns 429 beyond that.
     let window = Arc::new(Mutex::new((Instant::now(), 0u64)));
     let rejected = Arc::new(Mutex::new(0usize));
     let calls = Calls::default();

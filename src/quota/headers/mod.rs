@@ -34,7 +34,7 @@ pub(crate) enum ResetPrecision {
     Precise,
 }
 
-/// What one response states about one quota dimension.
+/// One response's figures for one quota dimension.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Observation<'a> {
     /// The dimension or policy name, such as `requests`, `tokens` or an IETF policy name.
@@ -307,7 +307,7 @@ fn read_header<'a>(
     }
 }
 
-/// What a dialect module made of one header.
+/// The result of one dialect module reading one header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Understood {
     /// The value was read.

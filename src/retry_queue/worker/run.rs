@@ -194,7 +194,7 @@ impl<C: RetryClassifier> Worker<C> {
         latest(deferred, tracked).filter(|deadline| *deadline > now)
     }
 
-    /// Returns whether the partition already has as many replays running as the tracker says it
+    /// Returns whether the partition already has as many replays running as the tracker reports it
     /// has requests left. One replay may always run, so a count that never resets cannot stall
     /// the partition.
     fn partition_saturated(&self, partition: &str, running: usize) -> bool {
@@ -209,7 +209,7 @@ impl<C: RetryClassifier> Worker<C> {
             .is_some_and(|remaining| u64::try_from(running).map_or(true, |n| n >= remaining))
     }
 
-    /// Returns the key under which the quota tracker knows the item's partition.
+    /// Returns the key under which the quota tracker stores the item's partition.
     ///
     /// The tracker's own partitioner runs on the stored request, which is the request that a
     /// `QuotaLayer` in the replay service sees, so the keys agree even when the
