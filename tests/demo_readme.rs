@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_quota_queue::quota::{QuotaLayer, QuotaTracker};
 use tower_quota_queue::retry_queue::{
-    ReplayReport, RetryQueue, RetryQueueBody, RetryQueueConfig, RetryQueueLayer,
+    QueuedId, ReplayReport, RetryQueue, RetryQueueBody, RetryQueueConfig, RetryQueueLayer,
 };
 use tower_quota_queue::BoxError;
 
@@ -50,7 +50,11 @@ async fn send_and_replay(
 
     let request = Request::post(url).body(Full::new(body))?;
     match service.oneshot(request).await {
-        Ok(response) => println!("status {}", response.status()),
+        // A retryable response (429, 502, 503, 504) comes back as it is, marked with its queued id.
+        Ok(response) => match response.extensions().get::<QueuedId>() {
+            Some(QueuedId(id)) => println!("status {}, queued as {id}", response.status()),
+            None => println!("status {}", response.status()),
+        },
         Err(error) => println!("{error}"), // the error states whether it was queued, and its id
     }
 

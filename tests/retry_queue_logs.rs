@@ -135,3 +135,40 @@ async fn dead_letter_warning_carries_last_error() {
     assert!(!logs.contains("Dead-Letter-Token-4c1e"), "{logs}");
     assert!(!logs.contains("Dead-Letter-Body-9a3d"), "{logs}");
 }
+
+#[tokio::test]
+async fn unqueued_retryable_response_warns() {
+    captured();
+    let dir = tempfile::tempdir().unwrap();
+    let config = RetryQueueConfig::new()
+        .path(dir.path().join("queue"))
+        .max_body_bytes(8);
+    let queue = RetryQueue::open(config).unwrap();
+    let inner = service_fn(|request: Request<RetryQueueBody<Full<Bytes>>>| async move {
+        request.into_body().collect().await?;
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        Ok::<_, BoxError>(response)
+    });
+    let service = RetryQueueLayer::new(queue.clone()).layer(inner);
+    let request = Request::post("http://127.0.0.1:9/v1")
+        .body(Full::new(Bytes::from_static(b"nine bytes")))
+        .unwrap();
+
+    let response = service.oneshot(request).await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response
+        .extensions()
+        .get::<tower_quota_queue::retry_queue::QueuedId>()
+        .is_none());
+    assert!(queue.is_empty());
+    let warning = logs()
+        .lines()
+        .find(|line| line.contains("retryable response to a request that could not be queued"))
+        .map(str::to_owned)
+        .expect("no warning for a retryable response that was not queued");
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("status=503"), "{warning}");
+    assert!(warning.contains("max_body_bytes (8 bytes)"), "{warning}");
+}

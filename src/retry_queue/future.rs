@@ -16,6 +16,7 @@ use tower_service::Service;
 use uuid::Uuid;
 
 use super::body::RetryQueueBody;
+use super::classify::RetryClassifier;
 use super::error::{NotQueuedReason, RetryQueueError};
 use super::headers::ensure_idempotency_key;
 use super::layer::RetryQueueLayer;
@@ -75,6 +76,7 @@ pin_project! {
             #[pin]
             future: S::Future,
             reason: Option<NotQueuedReason>,
+            classifier: Arc<dyn RetryClassifier>,
         },
         Collecting {
             #[pin]
@@ -101,11 +103,16 @@ where
     S: Service<Request<RetryQueueBody<B>>>,
     B: Body,
 {
-    pub(crate) fn passthrough(future: S::Future, reason: NotQueuedReason) -> Self {
+    pub(crate) fn passthrough(
+        future: S::Future,
+        reason: NotQueuedReason,
+        classifier: Arc<dyn RetryClassifier>,
+    ) -> Self {
         Self {
             state: State::Passthrough {
                 future,
                 reason: Some(reason),
+                classifier,
             },
         }
     }
@@ -141,12 +148,23 @@ where
         let mut state = self.project().state;
         loop {
             let next = match state.as_mut().project() {
-                StateProj::Passthrough { future, reason } => {
+                StateProj::Passthrough {
+                    future,
+                    reason,
+                    classifier,
+                } => {
                     let result = ready!(future.poll(cx));
-                    return Poll::Ready(result.map_err(|error| RetryQueueError::NotQueued {
-                        reason: reason.take().unwrap_or(NotQueuedReason::StreamingBody),
-                        source: error.into(),
-                    }));
+                    let reason = reason.take().unwrap_or(NotQueuedReason::StreamingBody);
+                    return Poll::Ready(match result {
+                        Ok(response) => {
+                            warn_if_retryable(classifier.as_ref(), &response, &reason);
+                            Ok(response)
+                        }
+                        Err(error) => Err(RetryQueueError::NotQueued {
+                            reason,
+                            source: error.into(),
+                        }),
+                    });
                 }
                 StateProj::Collecting {
                     collect,
@@ -225,6 +243,7 @@ where
         return Ok(State::Passthrough {
             future: inner.call(request),
             reason: Some(NotQueuedReason::BodyTooLarge { max_body_bytes }),
+            classifier: Arc::clone(&shared.classifier),
         });
     }
     // The id exists before the first send, so the first attempt carries the same
@@ -239,6 +258,26 @@ where
         id,
         shared,
     })
+}
+
+/// Logs a `warn!` event when a request that could not be buffered got a retryable response, the
+/// one case where a failure reaches the caller as `Ok` without a [`QueuedId`](super::QueuedId).
+/// Requests that the method filter excludes are left out, because the user chose that.
+fn warn_if_retryable<ResB>(
+    classifier: &dyn RetryClassifier,
+    response: &Response<ResB>,
+    reason: &NotQueuedReason,
+) {
+    if matches!(reason, NotQueuedReason::MethodExcluded) {
+        return;
+    }
+    if classifier.is_retryable(response.status(), response.headers()) {
+        tracing::warn!(
+            status = %response.status(),
+            %reason,
+            "retryable response to a request that could not be queued"
+        );
+    }
 }
 
 fn polled_after_completion() -> RetryQueueError {

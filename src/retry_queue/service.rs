@@ -120,7 +120,8 @@ where
         if let Some(reason) = self.not_buffered_reason(&parts, &body) {
             tracing::trace!(%reason, "sending request without queueing");
             let request = Request::from_parts(parts, RetryQueueBody::streaming(body));
-            return ResponseFuture::passthrough(self.inner.call(request), reason);
+            let classifier = Arc::clone(&self.shared.classifier);
+            return ResponseFuture::passthrough(self.inner.call(request), reason, classifier);
         }
         // The ready service goes into the future, and a fresh clone stays for the next call.
         let clone = self.inner.clone();
