@@ -14,6 +14,7 @@ mod server;
 mod summary;
 mod warnings;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -32,7 +33,12 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour codes only for a terminal, so logs redirected to a file stay plain text.
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .with(warnings.clone())
         .init();
 
