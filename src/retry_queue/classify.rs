@@ -1,6 +1,6 @@
 //! Classification of responses as retryable, and `Retry-After` parsing.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use http::{HeaderMap, StatusCode};
 
@@ -60,32 +60,19 @@ where
     }
 }
 
-/// Reads `Retry-After` as delay-seconds or an HTTP date, relative to `now`.
+/// Reads the deadline of `Retry-After` (delay seconds, a fraction allowed, or an HTTP date) or of
+/// the more precise `retry-after-ms`, relative to `now`, with the parser of the quota tracker.
 ///
 /// A missing or malformed header yields `None`, with a `debug!` event for a malformed one.
 pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<SystemTime> {
-    let value = headers.get(http::header::RETRY_AFTER)?;
-    let Ok(text) = value.to_str() else {
-        tracing::debug!("ignoring Retry-After that is not ASCII");
-        return None;
-    };
-    let text = text.trim();
-    if let Ok(seconds) = text.parse::<u64>() {
-        return now.checked_add(Duration::from_secs(seconds));
-    }
-    match httpdate::parse_http_date(text) {
-        Ok(date) => Some(date),
-        Err(_) => {
-            tracing::debug!("ignoring Retry-After that is neither seconds nor an HTTP date");
-            None
-        }
-    }
+    crate::quota::headers::parse_with_clock(headers, || now).retry_after
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
-    use std::time::UNIX_EPOCH;
 
     fn headers(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -103,6 +90,22 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_fraction_and_millis_parsed() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        // Shopify sends `Retry-After: 2.0` with its 429 responses.
+        assert_eq!(
+            retry_after(&headers("2.0"), now),
+            Some(now + Duration::from_secs(2))
+        );
+        let mut precise = headers("3");
+        precise.insert("retry-after-ms", "2500".parse().unwrap());
+        assert_eq!(
+            retry_after(&precise, now),
+            Some(now + Duration::from_millis(2_500))
+        );
+    }
+
+    #[test]
     fn retry_after_http_date_parsed() {
         let now = UNIX_EPOCH;
         assert_eq!(
@@ -114,6 +117,7 @@ mod tests {
     #[test]
     fn retry_after_malformed_ignored() {
         assert_eq!(retry_after(&headers("soon"), UNIX_EPOCH), None);
+        assert_eq!(retry_after(&headers("NaN"), UNIX_EPOCH), None);
         assert_eq!(retry_after(&headers("-5"), UNIX_EPOCH), None);
         assert_eq!(retry_after(&HeaderMap::new(), UNIX_EPOCH), None);
     }
