@@ -55,7 +55,7 @@ pub fn instant_at(deadline: SystemTime) -> Instant {
     }
 }
 
-/// The longest wait this crate schedules: about 30 years. Deadlines further out are clamped to it,
+/// The maximum wait this crate schedules: about 30 years. Deadlines further out are clamped to it,
 /// because adding a larger duration to an instant can overflow.
 pub(crate) const FAR_FUTURE: std::time::Duration =
     std::time::Duration::from_secs(30 * 365 * 24 * 60 * 60);

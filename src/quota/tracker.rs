@@ -242,9 +242,11 @@ impl QuotaTracker {
     }
 
     /// Returns how many more requests `partition` may receive in its current windows, by the
-    /// tracker's latest figures: the fewest remaining of the dimensions that count requests (those whose
-    /// name does not contain `token`), or the local count while no header has arrived. `None` when
-    /// no such count is known.
+    /// tracker's latest figures.
+    ///
+    /// The count is the fewest remaining of the dimensions that count requests, those whose name
+    /// does not contain `token`. While no header has arrived it is the local count, and it is
+    /// `None` when no such count is known.
     ///
     /// The replay worker uses this to send no more replays at once than a partition has left.
     ///

@@ -35,7 +35,7 @@ pub(crate) fn parse_decimal(value: &str) -> Option<f64> {
     Some(whole + digits_value(fraction) as f64 / scale)
 }
 
-/// The most decimal digits that fit a `u64` and convert to `f64` without error.
+/// The maximum number of decimal digits that fit a `u64` and convert to `f64` without error.
 const MAX_EXACT_DIGITS: usize = 15;
 
 fn is_digits(text: &str) -> bool {

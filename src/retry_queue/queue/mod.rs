@@ -211,7 +211,7 @@ impl RetryQueue {
     ///
     /// [`QueueError::Full`], [`QueueError::DuplicateId`] when an item with this id is queued, in
     /// flight or a dead letter, [`QueueError::Storage`], and [`QueueError::Flush`] when the flush
-    /// failed. After a flush error the item is removed again, so a caller told that its request
+    /// failed. After a flush error the item is removed again, so a caller informed that its request
     /// was not queued does not also get a replay of it, unless a replay leased the item while the
     /// flush ran.
     pub async fn enqueue(&self, mut item: QueuedRequest) -> Result<Uuid, QueueError> {

@@ -119,7 +119,7 @@ impl<S, C> ReplayWorker<S, C> {
     /// The tracker learns about the upstream's quota from responses. Wrap the replay service in a
     /// [`QuotaLayer`](crate::quota::QuotaLayer) with the same tracker, so replays update it too.
     /// The worker finds an item's partition by running the tracker's partitioner on the stored
-    /// request, the same request that layer sees, so the keys agree even when the
+    /// request, the same request that layer receives, so the keys agree even when the
     /// [`RetryQueueLayer`](super::RetryQueueLayer) partitions another way.
     ///
     /// Without a tracker, a replay that an enforcing `QuotaLayer` rejects with

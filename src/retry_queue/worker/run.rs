@@ -212,7 +212,7 @@ impl<C: RetryClassifier> Worker<C> {
     /// Returns the key under which the quota tracker stores the item's partition.
     ///
     /// The tracker's own partitioner runs on the stored request, which is the request that a
-    /// `QuotaLayer` in the replay service sees, so the keys agree even when the
+    /// `QuotaLayer` in the replay service receives, so the keys agree even when the
     /// `RetryQueueLayer` was given another partitioner.
     fn partition_of<'a>(&self, item: &'a QueuedRequest) -> std::borrow::Cow<'a, str> {
         match &self.tracker {
